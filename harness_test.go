@@ -1,0 +1,277 @@
+package wsauth
+
+import (
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/gorilla/websocket"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+// The tests drive a real Caddy, loaded in-process from a Caddyfile, with a
+// real WebSocket client (gorilla/websocket) and a real upstream.
+
+const testSecret = "test-secret-that-is-long-enough-for-hs256!"
+
+// caddyMu serialises tests that load a Caddy: there is one per process.
+var caddyMu sync.Mutex
+
+// freePort returns a loopback port that was free a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startCaddy loads a Caddy serving site (the inside of a site block) on a
+// free port and returns its address. %UPSTREAM% in site is replaced with
+// upstream.
+func startCaddy(t testing.TB, site, upstream string) string {
+	t.Helper()
+	caddyMu.Lock()
+	t.Cleanup(caddyMu.Unlock)
+
+	port := freePort(t)
+	cfg := fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\n\nhttp://127.0.0.1:%d {\n%s\n}\n",
+		port, strings.ReplaceAll(site, "%UPSTREAM%", upstream))
+	if err := loadCaddyfile(cfg); err != nil {
+		t.Fatalf("loading config: %v\n%s", err, cfg)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	waitListening(t, addr)
+	return addr
+}
+
+func loadCaddyfile(cfg string) error {
+	adapter := caddyconfig.GetAdapter("caddyfile")
+	js, _, err := adapter.Adapt([]byte(cfg), nil)
+	if err != nil {
+		return err
+	}
+	return caddy.Load(js, true)
+}
+
+func waitListening(t testing.TB, addr string) {
+	t.Helper()
+	for i := 0; i < 100; i++ {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("nothing listening on %s", addr)
+}
+
+// seen is what the upstream received with one upgrade.
+type seen struct {
+	URI      string
+	Header   http.Header
+	Protocol string // the subprotocol the upstream selected
+}
+
+// upstream is a WebSocket echo server that records every request.
+type upstream struct {
+	*httptest.Server
+	mu   sync.Mutex
+	reqs []seen
+}
+
+func newUpstream(t testing.TB) *upstream {
+	u := new(upstream)
+	up := websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var proto string
+		for _, p := range websocket.Subprotocols(r) {
+			if p == "chat" { // the app protocol the tests offer
+				proto = p
+			}
+		}
+		u.mu.Lock()
+		u.reqs = append(u.reqs, seen{URI: r.RequestURI, Header: r.Header.Clone(), Protocol: proto})
+		u.mu.Unlock()
+		if !websocket.IsWebSocketUpgrade(r) {
+			fmt.Fprint(w, "plain ok")
+			return
+		}
+		var hdr http.Header
+		if proto != "" {
+			hdr = http.Header{"Sec-Websocket-Protocol": {proto}}
+		}
+		c, err := up.Upgrade(w, r, hdr)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetReadLimit(1 << 16)
+		for {
+			typ, msg, err := c.ReadMessage()
+			if err != nil {
+				return
+			}
+			if err := c.WriteMessage(typ, msg); err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+func (u *upstream) addr() string { return strings.TrimPrefix(u.URL, "http://") }
+
+func (u *upstream) requests() []seen {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]seen(nil), u.reqs...)
+}
+
+// dialOpts is how a test client connects.
+type dialOpts struct {
+	query     string // appended to the path, without "?"
+	header    http.Header
+	protocols []string
+	origin    string
+}
+
+func dial(addr, path string, o dialOpts) (*websocket.Conn, *http.Response, error) {
+	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second, Subprotocols: o.protocols}
+	h := o.header.Clone()
+	if h == nil {
+		h = http.Header{}
+	}
+	if o.origin != "" {
+		h.Set("Origin", o.origin)
+	}
+	u := "ws://" + addr + path
+	if o.query != "" {
+		u += "?" + o.query
+	}
+	return d.Dial(u, h)
+}
+
+// outcome is what a client saw: "accepted", "close <code> <reason>" or
+// "status <code>".
+func outcome(t testing.TB, c *websocket.Conn, resp *http.Response, err error) string {
+	t.Helper()
+	if err != nil {
+		if errors.Is(err, websocket.ErrBadHandshake) && resp != nil {
+			return fmt.Sprintf("status %d", resp.StatusCode)
+		}
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if err := c.WriteMessage(websocket.TextMessage, []byte("ping-msg")); err != nil {
+		// The server may have closed already; read the close frame below.
+		_ = err
+	}
+	_, msg, err := c.ReadMessage()
+	if err == nil {
+		if string(msg) != "ping-msg" {
+			t.Fatalf("echo: got %q", msg)
+		}
+		return "accepted"
+	}
+	var ce *websocket.CloseError
+	if errors.As(err, &ce) {
+		return fmt.Sprintf("close %d %s", ce.Code, ce.Text)
+	}
+	t.Fatalf("read: %v", err)
+	return ""
+}
+
+// keys for the tests, generated once.
+var testKeys = sync.OnceValue(func() *keySet {
+	rk, _ := rsa.GenerateKey(rand.Reader, 2048)
+	ek, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	_, edk, _ := ed25519.GenerateKey(rand.Reader)
+	return &keySet{rsa: rk, ec: ek, ed: edk}
+})
+
+type keySet struct {
+	rsa *rsa.PrivateKey
+	ec  *ecdsa.PrivateKey
+	ed  ed25519.PrivateKey
+}
+
+// writePublicPEM writes pub as an SPKI PEM file and returns its path.
+func writePublicPEM(t testing.TB, pub any) string {
+	t.Helper()
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "pub.pem")
+	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// claims returns typical valid claims for user.
+func claims(user string, mods ...func(jwt.MapClaims)) jwt.MapClaims {
+	n := time.Now()
+	c := jwt.MapClaims{
+		"sub":   user,
+		"iat":   n.Unix(),
+		"nbf":   n.Unix(),
+		"exp":   n.Add(time.Hour).Unix(),
+		"jti":   "jti-" + user,
+		"scope": "chat:read chat:write",
+	}
+	for _, m := range mods {
+		m(c)
+	}
+	return c
+}
+
+func sign(t testing.TB, method jwt.SigningMethod, key any, c jwt.MapClaims, kid string) string {
+	t.Helper()
+	tok := jwt.NewWithClaims(method, c)
+	if kid != "" {
+		tok.Header["kid"] = kid
+	}
+	s, err := tok.SignedString(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func hs256(t testing.TB, c jwt.MapClaims) string {
+	return sign(t, jwt.SigningMethodHS256, []byte(testSecret), c, "")
+}
+
+func mustJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}

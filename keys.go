@@ -1,0 +1,435 @@
+package wsauth
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/MicahParks/keyfunc/v3"
+	"github.com/golang-jwt/jwt/v5"
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// Algorithm families, by the key type that verifies them.
+var (
+	hmacAlgs    = []string{"HS256", "HS384", "HS512"}
+	rsaAlgs     = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
+	ecdsaAlgs   = map[string]string{"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
+	eddsaAlgs   = []string{"EdDSA"}
+	jwksDefault = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+const (
+	// maxJWKSBody bounds a JWK Set response; real sets are a few KiB.
+	maxJWKSBody = 1 << 20
+	// jwksUnknownKIDEvery is how often an unknown kid may trigger a refetch.
+	jwksUnknownKIDEvery = 30 * time.Second
+	minRSABits          = 2048
+)
+
+var (
+	// errKeysUnavailable means a key set that the token needs has never been
+	// fetched: the failure is ours, not the client's.
+	errKeysUnavailable = errors.New("signing keys unavailable")
+	errNoKey           = errors.New("no key for this token")
+)
+
+// keyring holds every key a handler verifies with. Static keys are sorted
+// by algorithm at provision, so a handshake does one map lookup; key sets
+// are read from jwkset storage that refreshes itself in the background.
+type keyring struct {
+	static   map[string]any // alg -> key or jwt.VerificationKeySet
+	sets     []keyfunc.Keyfunc
+	remote   bool     // at least one of sets is fetched over HTTP
+	setAlgs  []string // algorithms the key sets may verify
+	hasFiles bool
+	ctx      context.Context
+}
+
+func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (*keyring, error) {
+	k := &keyring{static: make(map[string]any), ctx: ctx}
+	add := func(alg string, key any) {
+		switch cur := k.static[alg].(type) {
+		case nil:
+			k.static[alg] = key
+		case jwt.VerificationKeySet:
+			cur.Keys = append(cur.Keys, key)
+			k.static[alg] = cur
+		default:
+			k.static[alg] = jwt.VerificationKeySet{Keys: []jwt.VerificationKey{cur, key}}
+		}
+	}
+
+	repl := caddy.NewReplacer()
+	for i, s := range h.Secrets {
+		secret, err := decodeSecret(repl.ReplaceKnown(s, ""))
+		if err != nil {
+			return nil, fmt.Errorf("secret %d: %v", i+1, err)
+		}
+		if len(secret) < 32 {
+			logger.Warn("HMAC secret is shorter than 32 bytes; use a long random secret", zap.Int("secret", i+1))
+		}
+		for _, alg := range hmacAlgs {
+			add(alg, secret)
+		}
+	}
+
+	for _, file := range h.PublicKeys {
+		keys, err := loadPEMPublicKeys(file)
+		if err != nil {
+			return nil, fmt.Errorf("public_key %s: %v", file, err)
+		}
+		for _, key := range keys {
+			for _, alg := range algsForKey(key) {
+				add(alg, key)
+			}
+		}
+	}
+
+	for _, file := range h.JWKSFiles {
+		raw, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("jwks_file: %v", err)
+		}
+		kf, err := keyfunc.NewJWKSetJSON(raw)
+		if err != nil {
+			return nil, fmt.Errorf("jwks_file %s: %v", file, err)
+		}
+		all, err := kf.Storage().KeyReadAll(ctx)
+		if err != nil || len(all) == 0 {
+			return nil, fmt.Errorf("jwks_file %s: no usable keys", file)
+		}
+		k.sets = append(k.sets, kf)
+		k.hasFiles = true
+	}
+
+	for _, src := range h.JWKS {
+		if src == nil || src.URL == "" {
+			return nil, fmt.Errorf("jwks: missing URL")
+		}
+		refresh, timeout := time.Duration(src.Refresh), time.Duration(src.Timeout)
+		if refresh <= 0 {
+			refresh = defaultJWKSRefresh
+		}
+		if timeout <= 0 {
+			timeout = defaultJWKSTimeout
+		}
+		url := src.URL
+		noErr := true
+		kf, err := keyfunc.NewDefaultOverrideCtx(ctx, []string{url}, keyfunc.Override{
+			Client: &http.Client{
+				Timeout:   timeout,
+				Transport: limitedTransport{rt: http.DefaultTransport, max: maxJWKSBody},
+			},
+			HTTPTimeout:               timeout,
+			NoErrorReturnFirstHTTPReq: &noErr,
+			RefreshInterval:           refresh,
+			RefreshUnknownKID:         rate.NewLimiter(rate.Every(jwksUnknownKIDEvery), 1),
+			// A refetch for an unknown kid waits no longer than one fetch:
+			// the limiter answers at once when its next slot is further away.
+			RateLimitWaitMax: timeout,
+			RefreshErrorHandlerFunc: func(string) func(context.Context, error) {
+				return func(_ context.Context, err error) {
+					logger.Warn("fetching JWK Set failed; serving the last good set", zap.String("url", url), zap.Error(err))
+				}
+			},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("jwks %s: %v", url, err)
+		}
+		if all, _ := kf.Storage().KeyReadAll(ctx); len(all) == 0 {
+			logger.Warn("JWK Set not available yet; handshakes that need it get 'unavailable' until a fetch succeeds", zap.String("url", url))
+		}
+		k.sets = append(k.sets, kf)
+		k.remote = true
+	}
+
+	if len(k.static) == 0 && len(k.sets) == 0 {
+		return nil, fmt.Errorf("no key configured: need secret, public_key, jwks or jwks_file")
+	}
+	if len(k.sets) > 0 {
+		k.setAlgs = jwksDefault
+	}
+	return k, nil
+}
+
+// allowedAlgorithms returns the algorithms tokens may use: the configured
+// list checked against the keys, or, by default, all the keys can verify.
+func (k *keyring) allowedAlgorithms(configured []string) ([]string, error) {
+	if len(configured) == 0 {
+		var algs []string
+		for alg := range k.static {
+			algs = append(algs, alg)
+		}
+		for _, alg := range k.setAlgs {
+			if !slices.Contains(algs, alg) {
+				algs = append(algs, alg)
+			}
+		}
+		slices.Sort(algs)
+		return algs, nil
+	}
+	for _, alg := range configured {
+		if strings.EqualFold(alg, "none") {
+			return nil, fmt.Errorf("algorithms: 'none' is never accepted")
+		}
+		if jwt.GetSigningMethod(alg) == nil {
+			return nil, fmt.Errorf("algorithms: unknown algorithm %q", alg)
+		}
+		_, static := k.static[alg]
+		// A key set may hold symmetric ("oct") keys, so HS* is allowed with
+		// one when written explicitly.
+		if !static && len(k.sets) == 0 {
+			return nil, fmt.Errorf("algorithms: no configured key can verify %s", alg)
+		}
+	}
+	k.setAlgs = configured
+	return configured, nil
+}
+
+// lookup is the jwt.Keyfunc. It never touches the network except through a
+// key set's rate-limited refetch for an unknown kid.
+func (k *keyring) lookup(t *jwt.Token) (any, error) {
+	alg := t.Method.Alg()
+	static := k.static[alg]
+	if len(k.sets) == 0 || !slices.Contains(k.setAlgs, alg) {
+		if static == nil {
+			return nil, errNoKey
+		}
+		return static, nil
+	}
+
+	kid, _ := t.Header["kid"].(string)
+	if kid != "" {
+		for _, kf := range k.sets {
+			jwk, err := kf.Storage().KeyRead(k.ctx, kid)
+			if err != nil {
+				continue
+			}
+			if a := jwk.Marshal().ALG.String(); a != "" && a != alg {
+				return nil, fmt.Errorf("key %q is for %s, token uses %s", kid, a, alg)
+			}
+			key := publicOf(jwk.Key())
+			if !keyFits(alg, key) {
+				return nil, fmt.Errorf("key %q cannot verify %s", kid, alg)
+			}
+			return key, nil
+		}
+		if static != nil {
+			return static, nil
+		}
+		if !k.anySetKeys() {
+			return nil, errKeysUnavailable
+		}
+		return nil, fmt.Errorf("unknown kid %q", kid)
+	}
+
+	// No kid: try every key that fits the algorithm.
+	var set jwt.VerificationKeySet
+	switch s := static.(type) {
+	case nil:
+	case jwt.VerificationKeySet:
+		set.Keys = append(set.Keys, s.Keys...)
+	default:
+		set.Keys = append(set.Keys, s)
+	}
+	for _, kf := range k.sets {
+		all, err := kf.Storage().KeyReadAll(k.ctx)
+		if err != nil {
+			continue
+		}
+		for _, jwk := range all {
+			if key := publicOf(jwk.Key()); keyFits(alg, key) {
+				set.Keys = append(set.Keys, key)
+			}
+		}
+	}
+	if len(set.Keys) == 0 {
+		if !k.anySetKeys() {
+			return nil, errKeysUnavailable
+		}
+		return nil, errNoKey
+	}
+	return set, nil
+}
+
+// anySetKeys reports whether any key set holds a key, that is whether a
+// remote set was ever fetched.
+func (k *keyring) anySetKeys() bool {
+	for _, kf := range k.sets {
+		if all, err := kf.Storage().KeyReadAll(k.ctx); err == nil && len(all) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// close is a no-op today: the key sets' refresh goroutines stop with the
+// provisioning context.
+func (k *keyring) close() {}
+
+func publicOf(key any) any {
+	if pk, ok := key.(interface{ Public() crypto.PublicKey }); ok {
+		switch key.(type) {
+		case *rsa.PrivateKey, *ecdsa.PrivateKey, ed25519.PrivateKey:
+			return pk.Public()
+		}
+	}
+	return key
+}
+
+// keyFits reports whether key is of the type that alg is verified with, so
+// that no key can be used for an algorithm it was not meant for (an RSA key
+// is never an HMAC secret).
+func keyFits(alg string, key any) bool {
+	switch k := key.(type) {
+	case []byte:
+		return slices.Contains(hmacAlgs, alg)
+	case *rsa.PublicKey:
+		return slices.Contains(rsaAlgs, alg)
+	case *ecdsa.PublicKey:
+		return ecdsaAlgs[k.Curve.Params().Name] == alg
+	case ed25519.PublicKey:
+		return alg == "EdDSA"
+	}
+	return false
+}
+
+func algsForKey(key any) []string {
+	switch k := key.(type) {
+	case *rsa.PublicKey:
+		return rsaAlgs
+	case *ecdsa.PublicKey:
+		return []string{ecdsaAlgs[k.Curve.Params().Name]}
+	case ed25519.PublicKey:
+		return eddsaAlgs
+	}
+	return nil
+}
+
+// decodeSecret turns a configured secret into key bytes.
+func decodeSecret(s string) ([]byte, error) {
+	b64, ok := strings.CutPrefix(s, "base64:")
+	if !ok {
+		if s == "" {
+			return nil, fmt.Errorf("empty (is its placeholder set?)")
+		}
+		return []byte(s), nil
+	}
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if b, err := enc.DecodeString(b64); err == nil {
+			if len(b) == 0 {
+				return nil, fmt.Errorf("empty")
+			}
+			return b, nil
+		}
+	}
+	return nil, fmt.Errorf("invalid base64")
+}
+
+// loadPEMPublicKeys reads every public key in a PEM file. A private key is
+// refused: the file would be a secret worth stealing, and is not needed.
+func loadPEMPublicKeys(file string) ([]any, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	var keys []any
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			break
+		}
+		var key any
+		switch block.Type {
+		case "PUBLIC KEY":
+			key, err = x509.ParsePKIXPublicKey(block.Bytes)
+		case "RSA PUBLIC KEY":
+			key, err = x509.ParsePKCS1PublicKey(block.Bytes)
+		case "CERTIFICATE":
+			var cert *x509.Certificate
+			cert, err = x509.ParseCertificate(block.Bytes)
+			if err == nil {
+				key = cert.PublicKey
+			}
+		default:
+			if strings.Contains(block.Type, "PRIVATE KEY") {
+				return nil, fmt.Errorf("holds a private key; give the public key only")
+			}
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("parsing %s: %v", block.Type, err)
+		}
+		switch k := key.(type) {
+		case *rsa.PublicKey:
+			if k.N.BitLen() < minRSABits {
+				return nil, fmt.Errorf("RSA key of %d bits is too short (minimum %d)", k.N.BitLen(), minRSABits)
+			}
+		case *ecdsa.PublicKey:
+			if _, ok := ecdsaAlgs[k.Curve.Params().Name]; !ok || k.Curve == elliptic.P224() {
+				return nil, fmt.Errorf("unsupported ECDSA curve %s", k.Curve.Params().Name)
+			}
+		case ed25519.PublicKey:
+		default:
+			return nil, fmt.Errorf("unsupported key type %T", key)
+		}
+		keys = append(keys, key)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("no public key found (want PEM: PUBLIC KEY, RSA PUBLIC KEY or CERTIFICATE)")
+	}
+	return keys, nil
+}
+
+// limitedTransport bounds the size of every response body it returns.
+type limitedTransport struct {
+	rt  http.RoundTripper
+	max int64
+}
+
+func (t limitedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := t.rt.RoundTrip(r)
+	if err != nil {
+		return nil, err
+	}
+	resp.Body = &limitedBody{rc: resp.Body, left: t.max}
+	return resp, nil
+}
+
+type limitedBody struct {
+	rc   io.ReadCloser
+	left int64
+}
+
+func (b *limitedBody) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		return 0, fmt.Errorf("JWK Set response larger than %d bytes", maxJWKSBody)
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.rc.Read(p)
+	b.left -= int64(n)
+	return n, err
+}
+
+func (b *limitedBody) Close() error { return b.rc.Close() }

@@ -1,0 +1,263 @@
+package wsauth
+
+import (
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Handler authenticates WebSocket handshakes with a JWT before they reach the
+// next handler (usually reverse_proxy).
+//
+// A client that is refused gets, on a WebSocket upgrade and with the default
+// `reject close`, a completed handshake followed by one Close frame whose code
+// a browser reads as CloseEvent.code: 1008 (missing, invalid, origin),
+// 4001 (expired), 4003 (forbidden: missing scope) or 1011 (keys unavailable).
+// With `reject status`, and for any request that is not an upgrade, it gets
+// the HTTP status instead (401 with an RFC 6750 WWW-Authenticate header, 403
+// or 503).
+//
+// An accepted request carries these placeholders to the handlers after it:
+//
+// Placeholder | Description
+// ------------|-------------
+// `{http.auth.user.id}` | the user claim (user_claim, default sub)
+// `{ws_auth.claims.*}` | any claim; nested objects by dots, arrays joined with commas
+// `{ws_auth.scopes}` | granted scopes, space-separated
+// `{ws_auth.jti}` | the token's ID
+// `{ws_auth.expires}` | the token's expiry, RFC 3339
+// `{ws_auth.token_source}` | query, header, cookie or subprotocol
+type Handler struct {
+	// Where the token is read, tried in order; the first source that yields
+	// a token wins. Default: query parameter `token`, then the
+	// `Authorization` header with the `Bearer` scheme.
+	TokenSources []TokenSource `json:"token_sources,omitempty"`
+
+	// HMAC secrets (HS256, HS384, HS512). Placeholders such as
+	// `{env.WS_SECRET}` are replaced at provision; a value starting with
+	// `base64:` is decoded to raw bytes (standard or URL alphabet).
+	Secrets []string `json:"secrets,omitempty"`
+
+	// PEM files holding an RSA, ECDSA or Ed25519 public key, as SPKI
+	// ("PUBLIC KEY"), PKCS#1 ("RSA PUBLIC KEY") or an X.509 certificate.
+	PublicKeys []string `json:"public_keys,omitempty"`
+
+	// Remote JWK Sets, fetched at provision and refreshed in the background.
+	JWKS []*JWKSSource `json:"jwks,omitempty"`
+
+	// Local JWK Set files.
+	JWKSFiles []string `json:"jwks_files,omitempty"`
+
+	// The signing algorithms accepted. Default: every algorithm that the
+	// configured keys can verify. An algorithm that no configured key can
+	// verify is a configuration error; "none" is never accepted.
+	Algorithms []string `json:"algorithms,omitempty"`
+
+	// If set, the token's `iss` must be one of these.
+	Issuers []string `json:"issuers,omitempty"`
+
+	// If set, the token's `aud` must contain one of these.
+	Audiences []string `json:"audiences,omitempty"`
+
+	// Clock skew allowed when checking exp, nbf and iat. Default: 0.
+	Leeway caddy.Duration `json:"leeway,omitempty"`
+
+	// The claim that names the user; it must be a non-empty string.
+	// Default: sub.
+	UserClaim string `json:"user_claim,omitempty"`
+
+	// Tokens longer than this many bytes are rejected as invalid.
+	// Default: 8 KiB.
+	MaxTokenSize int `json:"max_token_size,omitempty"`
+
+	// Scopes the token must grant, all of them. A granted scope ending in
+	// ":*" covers every scope with that prefix ("chat:*" covers
+	// "chat:write").
+	Scopes []string `json:"scopes,omitempty"`
+
+	// The claim holding the granted scopes, a space-separated string or an
+	// array of strings. Default: "scope", then "scp".
+	ScopeClaim string `json:"scope_claim,omitempty"`
+
+	// Origins allowed to connect: exact ("https://app.example.com") or with
+	// one leading wildcard label ("https://*.example.com"). When empty, the
+	// Origin header is not checked.
+	AllowedOrigins []string `json:"allowed_origins,omitempty"`
+
+	// Accept requests with no Origin header (non-browser clients) even
+	// though AllowedOrigins is set. Default: false.
+	AllowMissingOrigin bool `json:"allow_missing_origin,omitempty"`
+
+	// Only authenticate WebSocket upgrades and pass every other request
+	// through untouched. Default: false (other requests are authenticated
+	// too and refused with an HTTP status).
+	UpgradesOnly bool `json:"upgrades_only,omitempty"`
+
+	// How a WebSocket upgrade is refused: "close" completes the handshake
+	// and sends a Close frame with the reason's code; "status" answers with
+	// an HTTP status. Requests that are not upgrades always get a status.
+	// Default: close.
+	Reject string `json:"reject,omitempty"`
+
+	// Overrides of the default close code of a reason (missing, invalid,
+	// expired, forbidden, origin, blocked, rate_limited, unavailable).
+	CloseCodes map[string]int `json:"close_codes,omitempty"`
+
+	// Whether to remove the token from the request before it goes on, so
+	// the upstream never sees it. Default: true.
+	StripToken *bool `json:"strip_token,omitempty"`
+
+	keys       *keyring
+	parser     *jwt.Parser
+	sources    []tokenSource
+	origins    originMatcher
+	codes      [numReasons]uint16
+	issuers    []string
+	audiences  []string
+	userClaim  string
+	scopeClaim string
+	needMap    bool // user or scope claim is not in tokenClaims
+	maxToken   int
+	strip      bool
+	closeMode  bool
+	// insufficientScope is the WWW-Authenticate value of a 403 for scopes.
+	insufficientScope string
+	logger            *zap.Logger
+}
+
+// JWKSSource is a remote JWK Set.
+type JWKSSource struct {
+	// The URL of the JWK Set.
+	URL string `json:"url"`
+
+	// How often the set is fetched again. Default: 15m.
+	Refresh caddy.Duration `json:"refresh,omitempty"`
+
+	// Time allowed for one fetch. Default: 10s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.ws_auth",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+const (
+	defaultMaxTokenSize = 8 << 10
+	defaultJWKSRefresh  = 15 * time.Minute
+	defaultJWKSTimeout  = 10 * time.Second
+)
+
+// Provision sets up the handler: it loads the keys, compiles the token
+// sources and origin patterns, and builds the JWT parser once.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+
+	h.maxToken = h.MaxTokenSize
+	if h.maxToken == 0 {
+		h.maxToken = defaultMaxTokenSize
+	}
+	h.userClaim = h.UserClaim
+	if h.userClaim == "" {
+		h.userClaim = "sub"
+	}
+	h.scopeClaim = h.ScopeClaim
+	h.needMap = h.userClaim != "sub" || (h.scopeClaim != "" && h.scopeClaim != "scope" && h.scopeClaim != "scp")
+	h.strip = h.StripToken == nil || *h.StripToken
+	h.closeMode = h.Reject == "" || h.Reject == "close"
+	h.insufficientScope = `Bearer error="insufficient_scope", scope="` + strings.Join(h.Scopes, " ") + `"`
+	h.issuers = h.Issuers
+	h.audiences = h.Audiences
+
+	var err error
+	h.sources, err = compileSources(h.TokenSources)
+	if err != nil {
+		return err
+	}
+	h.origins, err = compileOrigins(h.AllowedOrigins)
+	if err != nil {
+		return err
+	}
+	if err := h.compileCloseCodes(); err != nil {
+		return err
+	}
+
+	h.keys, err = loadKeys(ctx, h, h.logger)
+	if err != nil {
+		return err
+	}
+	algs, err := h.keys.allowedAlgorithms(h.Algorithms)
+	if err != nil {
+		return err
+	}
+
+	opts := []jwt.ParserOption{
+		jwt.WithAudience(h.Audiences...),
+		jwt.WithValidMethods(algs),
+		jwt.WithExpirationRequired(),
+		jwt.WithIssuedAt(),
+		jwt.WithLeeway(time.Duration(h.Leeway)),
+		jwt.WithTimeFunc(now),
+	}
+	h.parser = jwt.NewParser(opts...)
+	return nil
+}
+
+// Validate checks the configuration for errors that Provision does not
+// already report.
+func (h *Handler) Validate() error {
+	if h.Reject != "" && h.Reject != "close" && h.Reject != "status" {
+		return fmt.Errorf("reject: must be close or status, not %q", h.Reject)
+	}
+	if h.MaxTokenSize < 0 {
+		return fmt.Errorf("max_token_size: must not be negative")
+	}
+	if h.Leeway < 0 {
+		return fmt.Errorf("leeway: must not be negative")
+	}
+	for _, s := range h.Scopes {
+		if s == "" || strings.ContainsAny(s, " \t") {
+			return fmt.Errorf("scopes: invalid scope %q", s)
+		}
+	}
+	for _, s := range h.sources {
+		if s.kind == sourceCookie && len(h.AllowedOrigins) == 0 {
+			// A cookie rides along with any cross-site WebSocket, so without an
+			// Origin check every page on the web could connect as the user.
+			return fmt.Errorf("token_source cookie: requires allowed_origins (cross-site WebSocket hijacking)")
+		}
+	}
+	return nil
+}
+
+// Cleanup releases what Provision took.
+func (h *Handler) Cleanup() error {
+	if h.keys != nil {
+		h.keys.close()
+	}
+	return nil
+}
+
+// now is the clock, to be substituted by tests.
+var now = time.Now
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

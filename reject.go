@@ -1,0 +1,224 @@
+package wsauth
+
+import (
+	"bufio"
+	"crypto/sha1"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// reason is why a request is refused; each has a close code (overridable
+// with close_code) and an HTTP status.
+type reason uint8
+
+const (
+	reasonMissing reason = iota
+	reasonInvalid
+	reasonExpired
+	reasonForbidden
+	reasonOrigin
+	reasonBlocked
+	reasonRateLimited
+	reasonUnavailable
+	numReasons
+)
+
+var reasons = [numReasons]struct {
+	name   string
+	code   uint16
+	status int
+}{
+	reasonMissing:     {"missing", 1008, http.StatusUnauthorized},
+	reasonInvalid:     {"invalid", 1008, http.StatusUnauthorized},
+	reasonExpired:     {"expired", 4001, http.StatusUnauthorized},
+	reasonForbidden:   {"forbidden", 4003, http.StatusForbidden},
+	reasonOrigin:      {"origin", 1008, http.StatusForbidden},
+	reasonBlocked:     {"blocked", 1008, http.StatusForbidden},
+	reasonRateLimited: {"rate_limited", 1013, http.StatusTooManyRequests},
+	reasonUnavailable: {"unavailable", 1011, http.StatusServiceUnavailable},
+}
+
+func (r reason) String() string { return reasons[r].name }
+
+func reasonByName(name string) (reason, bool) {
+	for i := range reasons {
+		if reasons[i].name == name {
+			return reason(i), true
+		}
+	}
+	return 0, false
+}
+
+// validCloseCode reports whether code may be sent in a Close frame: the
+// codes RFC 6455 defines for endpoints to send, and the 3000-4999 range.
+func validCloseCode(code int) bool {
+	switch {
+	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1014, code >= 3000 && code <= 4999:
+		return true
+	}
+	return false
+}
+
+func (h *Handler) compileCloseCodes() error {
+	for i := range reasons {
+		h.codes[i] = reasons[i].code
+	}
+	for name, code := range h.CloseCodes {
+		r, ok := reasonByName(name)
+		if !ok {
+			return fmt.Errorf("close_code: unknown reason %q", name)
+		}
+		if !validCloseCode(code) {
+			return fmt.Errorf("close_code %s: %d is not a close code an endpoint may send (1000-1003, 1007-1014, 3000-4999)", name, code)
+		}
+		h.codes[r] = uint16(code)
+	}
+	return nil
+}
+
+// closeWait bounds how long a refused client has to answer our Close frame
+// before the TCP connection is closed.
+const closeWait = time.Second
+
+// maxDrain bounds what is read from a refused client while waiting for its
+// Close frame.
+const maxDrain = 64 << 10
+
+// websocketGUID is from RFC 6455, section 1.3.
+const websocketGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+// reject refuses the request for reason r: on a WebSocket upgrade in close
+// mode by a Close frame, otherwise by an HTTP status. token, when not
+// empty, is never selected as a subprotocol.
+func (h *Handler) reject(w http.ResponseWriter, req *http.Request, r reason, token string) error {
+	if h.closeMode && isUpgrade(req) {
+		err := h.closeHandshake(w, req, h.codes[r], r.String(), token)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, errNotWebSocket) {
+			// The connection may be gone; nothing more can be sent.
+			h.logger.Debug("closing refused websocket", zap.Error(err))
+			return nil
+		}
+	}
+	return h.rejectStatus(w, r)
+}
+
+func (h *Handler) rejectStatus(w http.ResponseWriter, r reason) error {
+	switch r {
+	case reasonMissing:
+		w.Header().Set("WWW-Authenticate", "Bearer")
+	case reasonInvalid:
+		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
+	case reasonExpired:
+		w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token", error_description="token expired"`)
+	case reasonForbidden:
+		w.Header().Set("WWW-Authenticate", h.insufficientScope)
+	}
+	return caddyhttp.Error(reasons[r].status, errors.New(r.String()))
+}
+
+var errNotWebSocket = errors.New("not a valid websocket handshake")
+
+// isUpgrade reports whether req asks to upgrade to WebSocket.
+func isUpgrade(req *http.Request) bool {
+	return headerHasToken(req.Header["Upgrade"], "websocket") && headerHasToken(req.Header["Connection"], "upgrade")
+}
+
+func headerHasToken(lines []string, token string) bool {
+	for _, line := range lines {
+		for line != "" {
+			var t string
+			t, line, _ = strings.Cut(line, ",")
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// closeHandshake completes the WebSocket handshake itself and sends one
+// Close frame, so that a browser reports code in CloseEvent.code; then it
+// waits briefly for the client's Close and closes the connection. The
+// upstream is never involved.
+func (h *Handler) closeHandshake(w http.ResponseWriter, req *http.Request, code uint16, why, token string) error {
+	if req.Method != http.MethodGet || req.ProtoMajor != 1 || req.Header.Get("Sec-Websocket-Version") != "13" {
+		return errNotWebSocket
+	}
+	key := req.Header.Get("Sec-Websocket-Key")
+	if raw, err := base64.StdEncoding.DecodeString(key); err != nil || len(raw) != 16 {
+		return errNotWebSocket
+	}
+
+	// Browsers fail a connection whose 101 selects no subprotocol although
+	// they offered some, before reading any frame: select the first one
+	// that is not the token.
+	var proto string
+	eachProtocol(req.Header[headerProtocol], func(p string) bool {
+		if p != token {
+			proto = p
+			return false
+		}
+		return true
+	})
+
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return errNotWebSocket
+	}
+	defer conn.Close()
+
+	var buf [512]byte
+	b := append(buf[:0], "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
+	b = appendAccept(b, key)
+	if proto != "" && len(proto) < 128 {
+		b = append(b, "\r\nSec-WebSocket-Protocol: "...)
+		b = append(b, proto...)
+	}
+	b = append(b, "\r\n\r\n"...)
+	b = appendCloseFrame(b, code, why)
+
+	_ = conn.SetDeadline(time.Now().Add(closeWait))
+	if _, err := conn.Write(b); err != nil {
+		return err
+	}
+	return awaitClose(brw.Reader)
+}
+
+func appendAccept(dst []byte, key string) []byte {
+	s := sha1.New()
+	s.Write([]byte(key))
+	s.Write([]byte(websocketGUID))
+	var sum [sha1.Size]byte
+	return base64.StdEncoding.AppendEncode(dst, s.Sum(sum[:0]))
+}
+
+// awaitClose reads frames from a refused client until its Close frame, the
+// deadline, or maxDrain bytes, whichever comes first.
+func awaitClose(br *bufio.Reader) error {
+	r := io.LimitReader(br, maxDrain)
+	var hb [maxFrameHeader]byte
+	for {
+		fh, err := readFrameHeader(r, &hb)
+		if err != nil {
+			return nil // closed, timed out or malformed: we are done either way
+		}
+		if fh.opcode == opClose {
+			return nil
+		}
+		if _, err := io.CopyN(io.Discard, r, fh.length); err != nil {
+			return nil
+		}
+	}
+}

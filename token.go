@@ -1,0 +1,307 @@
+package wsauth
+
+import (
+	"fmt"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strings"
+)
+
+// TokenSource is one place a token is read from.
+type TokenSource struct {
+	// One of query, header, cookie, subprotocol.
+	Source string `json:"source"`
+
+	// The query parameter (default: token), header (default:
+	// Authorization), cookie (required) or subprotocol marker (default:
+	// access_token).
+	Name string `json:"name,omitempty"`
+
+	// For header: the authentication scheme before the token. Default:
+	// Bearer for the Authorization header, none for other headers.
+	Scheme string `json:"scheme,omitempty"`
+}
+
+type sourceKind uint8
+
+const (
+	sourceQuery sourceKind = iota
+	sourceHeader
+	sourceCookie
+	sourceSubprotocol
+)
+
+var sourceNames = [...]string{
+	sourceQuery:       "query",
+	sourceHeader:      "header",
+	sourceCookie:      "cookie",
+	sourceSubprotocol: "subprotocol",
+}
+
+func (k sourceKind) String() string { return sourceNames[k] }
+
+// tokenSource is a TokenSource compiled at provision.
+type tokenSource struct {
+	kind   sourceKind
+	name   string // query param, canonical header key, cookie name or marker
+	scheme string // header scheme, without the space
+}
+
+const (
+	defaultQueryParam = "token"
+	defaultMarker     = "access_token"
+	headerProtocol    = "Sec-Websocket-Protocol"
+)
+
+var defaultSources = []tokenSource{
+	{kind: sourceQuery, name: defaultQueryParam},
+	{kind: sourceHeader, name: "Authorization", scheme: "Bearer"},
+}
+
+func compileSources(cfg []TokenSource) ([]tokenSource, error) {
+	if len(cfg) == 0 {
+		return defaultSources, nil
+	}
+	out := make([]tokenSource, 0, len(cfg))
+	for _, s := range cfg {
+		var ts tokenSource
+		switch s.Source {
+		case "query":
+			ts = tokenSource{kind: sourceQuery, name: cmpOr(s.Name, defaultQueryParam)}
+		case "header":
+			name := textproto.CanonicalMIMEHeaderKey(cmpOr(s.Name, "Authorization"))
+			scheme := s.Scheme
+			if scheme == "" && name == "Authorization" {
+				scheme = "Bearer"
+			}
+			ts = tokenSource{kind: sourceHeader, name: name, scheme: scheme}
+		case "cookie":
+			if s.Name == "" {
+				return nil, fmt.Errorf("token_source cookie: missing cookie name")
+			}
+			ts = tokenSource{kind: sourceCookie, name: s.Name}
+		case "subprotocol":
+			ts = tokenSource{kind: sourceSubprotocol, name: cmpOr(s.Name, defaultMarker)}
+		default:
+			return nil, fmt.Errorf("token_source: unknown source %q (want query, header, cookie or subprotocol)", s.Source)
+		}
+		if s.Scheme != "" && ts.kind != sourceHeader {
+			return nil, fmt.Errorf("token_source %s: scheme applies to header only", s.Source)
+		}
+		out = append(out, ts)
+	}
+	return out, nil
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// extract returns the token from the first source that has one.
+func extract(r *http.Request, sources []tokenSource) (string, *tokenSource) {
+	for i := range sources {
+		if tok := sources[i].read(r); tok != "" {
+			return tok, &sources[i]
+		}
+	}
+	return "", nil
+}
+
+func (s *tokenSource) read(r *http.Request) string {
+	switch s.kind {
+	case sourceQuery:
+		return queryValue(r.URL.RawQuery, s.name)
+	case sourceHeader:
+		for _, v := range r.Header[s.name] {
+			if s.scheme == "" {
+				return strings.TrimSpace(v)
+			}
+			if len(v) > len(s.scheme) && v[len(s.scheme)] == ' ' && strings.EqualFold(v[:len(s.scheme)], s.scheme) {
+				return strings.TrimSpace(v[len(s.scheme)+1:])
+			}
+		}
+	case sourceCookie:
+		if c, err := r.Cookie(s.name); err == nil {
+			return c.Value
+		}
+	case sourceSubprotocol:
+		found := false
+		var tok string
+		eachProtocol(r.Header[headerProtocol], func(p string) bool {
+			if found {
+				tok = p
+				return false
+			}
+			found = p == s.name
+			return true
+		})
+		return tok
+	}
+	return ""
+}
+
+// strip removes the token that s yielded from r, so that what goes
+// upstream does not hold it.
+func (s *tokenSource) strip(r *http.Request) {
+	switch s.kind {
+	case sourceQuery:
+		r.URL.RawQuery = removeQueryParam(r.URL.RawQuery, s.name)
+	case sourceHeader:
+		r.Header.Del(s.name)
+	case sourceCookie:
+		var kept []string
+		for _, line := range r.Header["Cookie"] {
+			for part := range strings.SplitSeq(line, ";") {
+				name, _, _ := strings.Cut(strings.TrimSpace(part), "=")
+				if name != s.name && strings.TrimSpace(part) != "" {
+					kept = append(kept, strings.TrimSpace(part))
+				}
+			}
+		}
+		if len(kept) == 0 {
+			r.Header.Del("Cookie")
+		} else {
+			r.Header["Cookie"] = []string{strings.Join(kept, "; ")}
+		}
+	case sourceSubprotocol:
+		var kept []string
+		skip := false
+		eachProtocol(r.Header[headerProtocol], func(p string) bool {
+			switch {
+			case skip:
+				skip = false
+			case p == s.name:
+				skip = true
+			default:
+				kept = append(kept, p)
+			}
+			return true
+		})
+		if len(kept) == 0 {
+			r.Header.Del(headerProtocol)
+		} else {
+			r.Header[headerProtocol] = []string{strings.Join(kept, ", ")}
+		}
+	}
+}
+
+// eachProtocol calls fn for every entry of the comma-separated
+// Sec-WebSocket-Protocol header lines, until fn returns false.
+func eachProtocol(lines []string, fn func(string) bool) {
+	for _, line := range lines {
+		for line != "" {
+			var p string
+			p, line, _ = strings.Cut(line, ",")
+			if p = strings.TrimSpace(p); p != "" && !fn(p) {
+				return
+			}
+		}
+	}
+}
+
+// queryValue returns the first value of key in a raw query string without
+// building a url.Values map.
+func queryValue(raw, key string) string {
+	for raw != "" {
+		var seg string
+		seg, raw, _ = strings.Cut(raw, "&")
+		k, v, _ := strings.Cut(seg, "=")
+		if k != key && !(strings.Contains(k, "%") && unescape(k) == key) {
+			continue
+		}
+		if strings.ContainsAny(v, "%+") {
+			v = unescape(v)
+		}
+		return v
+	}
+	return ""
+}
+
+func removeQueryParam(raw, key string) string {
+	var b strings.Builder
+	for rest := raw; rest != ""; {
+		var seg string
+		seg, rest, _ = strings.Cut(rest, "&")
+		k, _, _ := strings.Cut(seg, "=")
+		if k == key || (strings.Contains(k, "%") && unescape(k) == key) || seg == "" {
+			continue
+		}
+		if b.Len() > 0 {
+			b.WriteByte('&')
+		}
+		b.WriteString(seg)
+	}
+	return b.String()
+}
+
+func unescape(s string) string {
+	u, err := url.QueryUnescape(s)
+	if err != nil {
+		return ""
+	}
+	return u
+}
+
+// originMatcher checks the Origin header against the allowed origins.
+type originMatcher struct {
+	exact    map[string]struct{}
+	wildcard []wildcardOrigin
+}
+
+// wildcardOrigin is "scheme://*.suffix[:port]", kept as the prefix
+// "scheme://" and the suffix ".suffix[:port]"; the part between must be a
+// non-empty host name without a scheme separator or port.
+type wildcardOrigin struct{ prefix, suffix string }
+
+func (m originMatcher) empty() bool { return m.exact == nil && m.wildcard == nil }
+
+func compileOrigins(origins []string) (originMatcher, error) {
+	var m originMatcher
+	for _, o := range origins {
+		o = strings.ToLower(strings.TrimSuffix(o, "/"))
+		scheme, host, ok := strings.Cut(o, "://")
+		if !ok || scheme == "" || host == "" || strings.ContainsAny(host, "/?#@ ") {
+			return m, fmt.Errorf("allowed_origins: %q is not an origin like https://app.example.com", o)
+		}
+		if rest, ok := strings.CutPrefix(host, "*."); ok {
+			if rest == "" || strings.Contains(rest, "*") {
+				return m, fmt.Errorf("allowed_origins: %q: only one leading wildcard label is allowed", o)
+			}
+			m.wildcard = append(m.wildcard, wildcardOrigin{prefix: scheme + "://", suffix: "." + rest})
+			continue
+		}
+		if strings.Contains(host, "*") {
+			return m, fmt.Errorf("allowed_origins: %q: only one leading wildcard label is allowed", o)
+		}
+		if m.exact == nil {
+			m.exact = make(map[string]struct{})
+		}
+		m.exact[o] = struct{}{}
+	}
+	return m, nil
+}
+
+func (m originMatcher) allowed(origin string) bool {
+	if _, ok := m.exact[origin]; ok {
+		return true
+	}
+	for _, w := range m.wildcard {
+		if len(origin) > len(w.prefix)+len(w.suffix) && strings.HasPrefix(origin, w.prefix) && strings.HasSuffix(origin, w.suffix) {
+			label := origin[len(w.prefix) : len(origin)-len(w.suffix)]
+			if !strings.ContainsAny(label, ":/@") {
+				return true
+			}
+		}
+	}
+	if m.exact != nil || m.wildcard != nil {
+		// Browsers send lower-case origins; others might not.
+		if lower := strings.ToLower(origin); lower != origin {
+			return m.allowed(lower)
+		}
+	}
+	return false
+}

@@ -1,0 +1,312 @@
+package wsauth
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// identity is everything the module knows of an authenticated client: the
+// one place that holds a connection's claims. The token itself is not kept,
+// only its payload segment, decoded again if a placeholder asks for a claim
+// that tokenClaims does not hold.
+type identity struct {
+	claims  tokenClaims
+	user    string
+	source  sourceKind
+	payload string
+
+	verified bool // the signature checked out
+
+	all    map[string]any // every claim, decoded on first use
+	allErr error
+}
+
+// tokenClaims is what every handshake decodes: the registered claims and
+// the scope claims, into fixed fields, which costs a fraction of decoding
+// the whole payload into a map.
+type tokenClaims struct {
+	Issuer    optString        `json:"iss"`
+	Subject   optString        `json:"sub"`
+	Audience  jwt.ClaimStrings `json:"aud"`
+	ExpiresAt *jwt.NumericDate `json:"exp"`
+	NotBefore *jwt.NumericDate `json:"nbf"`
+	IssuedAt  *jwt.NumericDate `json:"iat"`
+	ID        optString        `json:"jti"`
+	Scope     scopeList        `json:"scope"`
+	Scp       scopeList        `json:"scp"`
+}
+
+func (c *tokenClaims) GetExpirationTime() (*jwt.NumericDate, error) { return c.ExpiresAt, nil }
+func (c *tokenClaims) GetNotBefore() (*jwt.NumericDate, error)      { return c.NotBefore, nil }
+func (c *tokenClaims) GetIssuedAt() (*jwt.NumericDate, error)       { return c.IssuedAt, nil }
+func (c *tokenClaims) GetAudience() (jwt.ClaimStrings, error)       { return c.Audience, nil }
+func (c *tokenClaims) GetIssuer() (string, error)                   { return c.Issuer.s, nil }
+func (c *tokenClaims) GetSubject() (string, error)                  { return c.Subject.s, nil }
+
+// optString decodes a JSON string, and any other JSON value as "not a
+// string" instead of failing the whole token: whether that matters depends
+// on the configuration (a numeric sub is fine when user_claim is email).
+type optString struct {
+	s  string
+	ok bool
+}
+
+func (o *optString) UnmarshalJSON(b []byte) error {
+	if len(b) < 2 || b[0] != '"' {
+		*o = optString{}
+		return nil
+	}
+	if bytes.IndexByte(b, '\\') < 0 {
+		*o = optString{s: string(b[1 : len(b)-1]), ok: true}
+		return nil
+	}
+	o.ok = true
+	return json.Unmarshal(b, &o.s)
+}
+
+// scopeList is a scope claim: a space-separated string ("a b") or an
+// array of strings.
+type scopeList struct {
+	str string
+	arr []string
+}
+
+func (s *scopeList) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '[' {
+		return json.Unmarshal(b, &s.arr)
+	}
+	var o optString
+	if err := o.UnmarshalJSON(b); err != nil {
+		return err
+	}
+	s.str = o.s
+	return nil
+}
+
+func (s scopeList) empty() bool { return s.str == "" && len(s.arr) == 0 }
+
+// each calls fn for every granted scope until it returns true.
+func (s scopeList) each(fn func(string) bool) bool {
+	for _, a := range s.arr {
+		if fn(a) {
+			return true
+		}
+	}
+	for rest := s.str; rest != ""; {
+		var f string
+		f, rest, _ = strings.Cut(rest, " ")
+		if f != "" && fn(f) {
+			return true
+		}
+	}
+	return false
+}
+
+func (s scopeList) String() string {
+	if len(s.arr) > 0 {
+		return strings.Join(s.arr, " ")
+	}
+	return s.str
+}
+
+// grants reports whether the scope list covers want, directly or by a
+// "prefix:*" wildcard.
+func (s scopeList) grants(want string) bool {
+	return s.each(func(g string) bool {
+		if g == want {
+			return true
+		}
+		prefix, ok := strings.CutSuffix(g, "*")
+		return ok && strings.HasSuffix(prefix, ":") && strings.HasPrefix(want, prefix)
+	})
+}
+
+// verify parses and checks token, filling id. It returns the reason the
+// token is refused, with the error behind it for the log, or ok.
+func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
+	if len(token) > h.maxToken {
+		return reasonInvalid, false, errTooLarge
+	}
+	_, err := h.parser.ParseWithClaims(token, &id.claims, h.keys.lookup)
+	// Claims are decoded before the signature is checked; they are only
+	// worth anything (to a log, say) once it has been.
+	id.verified = err == nil || errors.Is(err, jwt.ErrTokenInvalidClaims)
+	if err != nil {
+		switch {
+		case errors.Is(err, errKeysUnavailable):
+			return reasonUnavailable, false, err
+		case errors.Is(err, jwt.ErrTokenExpired):
+			return reasonExpired, false, err
+		}
+		return reasonInvalid, false, err
+	}
+	c := &id.claims
+	if len(h.issuers) > 0 && (!c.Issuer.ok || !slices.Contains(h.issuers, c.Issuer.s)) {
+		return reasonInvalid, false, errIssuer
+	}
+	if len(h.audiences) > 0 && !slices.ContainsFunc(c.Audience, func(a string) bool { return slices.Contains(h.audiences, a) }) {
+		return reasonInvalid, false, errAudience
+	}
+
+	// The payload segment, kept for claims decoded later.
+	if i := strings.IndexByte(token, '.'); i >= 0 {
+		if j := strings.IndexByte(token[i+1:], '.'); j >= 0 {
+			id.payload = token[i+1 : i+1+j]
+		}
+	}
+
+	if h.needMap {
+		if h.userClaim != "sub" {
+			c.Subject = optString{}
+			if v, ok := id.claim(h.userClaim); ok {
+				c.Subject.s, c.Subject.ok = v.(string)
+			}
+		}
+		if h.scopeClaim != "" && h.scopeClaim != "scope" && h.scopeClaim != "scp" {
+			c.Scope, c.Scp = scopeFromAny(id.lookup(h.scopeClaim)), scopeList{}
+		}
+	}
+	if !c.Subject.ok || c.Subject.s == "" {
+		return reasonInvalid, false, errNoUser
+	}
+	id.user = c.Subject.s
+
+	if len(h.Scopes) > 0 {
+		granted := id.scopes(h.scopeClaim)
+		for _, want := range h.Scopes {
+			if !granted.grants(want) {
+				return reasonForbidden, false, errors.New("scope not granted: " + want)
+			}
+		}
+	}
+	return 0, true, nil
+}
+
+var (
+	errTooLarge = errors.New("token larger than max_token_size")
+	errIssuer   = errors.New("issuer not accepted")
+	errAudience = errors.New("audience not accepted")
+	errNoUser   = errors.New("user claim missing or not a non-empty string")
+)
+
+// scopes returns the granted scopes: the configured claim, or "scope" and
+// then "scp".
+func (id *identity) scopes(claim string) scopeList {
+	switch claim {
+	case "scope":
+		return id.claims.Scope
+	case "scp":
+		return id.claims.Scp
+	}
+	if !id.claims.Scope.empty() {
+		return id.claims.Scope
+	}
+	return id.claims.Scp
+}
+
+func scopeFromAny(v any, ok bool) scopeList {
+	if !ok {
+		return scopeList{}
+	}
+	switch v := v.(type) {
+	case string:
+		return scopeList{str: v}
+	case []any:
+		var s scopeList
+		for _, e := range v {
+			if str, ok := e.(string); ok {
+				s.arr = append(s.arr, str)
+			}
+		}
+		return s
+	}
+	return scopeList{}
+}
+
+// claim returns a top-level claim from the whole payload.
+func (id *identity) claim(name string) (any, bool) {
+	m := id.allClaims()
+	v, ok := m[name]
+	return v, ok
+}
+
+// lookup finds a claim by a dotted path into nested objects; a claim whose
+// own name holds dots is found too.
+func (id *identity) lookup(path string) (any, bool) {
+	return lookupPath(id.allClaims(), path)
+}
+
+func lookupPath(m map[string]any, path string) (any, bool) {
+	if v, ok := m[path]; ok {
+		return v, true
+	}
+	for i := 0; i < len(path); i++ {
+		if path[i] != '.' {
+			continue
+		}
+		if sub, ok := m[path[:i]].(map[string]any); ok {
+			if v, ok := lookupPath(sub, path[i+1:]); ok {
+				return v, true
+			}
+		}
+	}
+	return nil, false
+}
+
+// allClaims decodes the payload into a map once, keeping numbers as written.
+func (id *identity) allClaims() map[string]any {
+	if id.all != nil || id.allErr != nil {
+		return id.all
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(id.payload)
+	if err != nil {
+		id.allErr = err
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	if err := dec.Decode(&id.all); err != nil {
+		id.allErr = err
+		return nil
+	}
+	return id.all
+}
+
+// formatClaim renders a claim for a placeholder: strings as they are,
+// numbers as written, arrays joined with commas, objects as JSON.
+func formatClaim(v any) string {
+	switch v := v.(type) {
+	case nil:
+		return ""
+	case string:
+		return v
+	case json.Number:
+		return v.String()
+	case bool:
+		return strconv.FormatBool(v)
+	case []any:
+		parts := make([]string, len(v))
+		for i, e := range v {
+			parts[i] = formatClaim(e)
+		}
+		return strings.Join(parts, ",")
+	}
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+// expires is the token's expiry; exp is required, so it is always set.
+func (id *identity) expires() time.Time {
+	if id.claims.ExpiresAt == nil {
+		return time.Time{}
+	}
+	return id.claims.ExpiresAt.Time
+}

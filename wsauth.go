@@ -1,0 +1,168 @@
+package wsauth
+
+import (
+	"net/http"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// ServeHTTP decides whether the request may go on. Every check yields a
+// reason; a refused request gets exactly one answer from reject, and an
+// accepted one goes to next with its placeholders set and its token
+// removed.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	if h.UpgradesOnly && !isUpgrade(r) {
+		return next.ServeHTTP(w, r)
+	}
+
+	id := new(identity)
+	token, src := extract(r, h.sources)
+	rsn, ok, detail := h.decide(r, token, src, id)
+	if !ok {
+		h.logRejection(r, rsn, src, id, detail)
+		return h.reject(w, r, rsn, token)
+	}
+	id.source = src.kind
+
+	if c := h.logger.Check(zapcore.InfoLevel, "websocket authenticated"); c != nil {
+		c.Write(h.logFields(r, src, id)...)
+	}
+
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	repl.Map(id.placeholder)
+
+	if h.strip {
+		src.strip(r)
+		if src.kind == sourceSubprotocol && isUpgrade(r) {
+			w = &protocolWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, marker: src.name}
+		}
+	}
+	return next.ServeHTTP(w, r)
+}
+
+// decide runs the checks in order: origin, token presence, token validity,
+// scopes.
+func (h *Handler) decide(r *http.Request, token string, src *tokenSource, id *identity) (reason, bool, error) {
+	if !h.origins.empty() {
+		origin := r.Header["Origin"]
+		if len(origin) == 0 {
+			if !h.AllowMissingOrigin {
+				return reasonOrigin, false, errNoOrigin
+			}
+		} else if !h.origins.allowed(origin[0]) {
+			return reasonOrigin, false, errOriginNotAllowed
+		}
+	}
+	if src == nil {
+		return reasonMissing, false, nil
+	}
+	return h.verify(token, id)
+}
+
+// placeholder resolves the {ws_auth.*} placeholders and {http.auth.user.id}
+// from the identity, decoding claims only when one is asked for.
+func (id *identity) placeholder(key string) (any, bool) {
+	if key == "http.auth.user.id" {
+		return id.user, true
+	}
+	name, ok := strings.CutPrefix(key, "ws_auth.")
+	if !ok {
+		return nil, false
+	}
+	switch name {
+	case "scopes":
+		sc := id.claims.Scope
+		if sc.empty() {
+			sc = id.claims.Scp
+		}
+		return sc.String(), true
+	case "jti":
+		return id.claims.ID.s, true
+	case "expires":
+		return id.expires().UTC().Format(time.RFC3339), true
+	case "token_source":
+		return id.source.String(), true
+	}
+	if claim, ok := strings.CutPrefix(name, "claims."); ok {
+		v, ok := id.lookup(claim)
+		if !ok {
+			return "", true
+		}
+		return formatClaim(v), true
+	}
+	return nil, false
+}
+
+func (h *Handler) logRejection(r *http.Request, rsn reason, src *tokenSource, id *identity, detail error) {
+	c := h.logger.Check(zapcore.InfoLevel, "websocket refused")
+	if c == nil {
+		return
+	}
+	fields := append(h.logFields(r, src, id), zap.String("reason", rsn.String()))
+	if detail != nil {
+		fields = append(fields, zap.String("detail", truncate(detail.Error(), 200)))
+	}
+	c.Write(fields...)
+}
+
+// logFields are the audit fields of a decision: never the token or a key.
+func (h *Handler) logFields(r *http.Request, src *tokenSource, id *identity) []zap.Field {
+	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	fields := make([]zap.Field, 0, 9)
+	fields = append(fields,
+		zap.String("remote_ip", ip),
+		zap.String("origin", truncate(r.Header.Get("Origin"), 200)),
+		zap.String("path", truncate(r.URL.Path, 200)),
+	)
+	if src != nil {
+		fields = append(fields, zap.String("token_source", src.kind.String()))
+	}
+	if id.verified && id.claims.Subject.ok {
+		fields = append(fields, zap.String("user", truncate(id.claims.Subject.s, 200)))
+		if id.claims.ID.s != "" {
+			fields = append(fields, zap.String("jti", truncate(id.claims.ID.s, 200)))
+		}
+	}
+	return fields
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}
+
+var (
+	errNoOrigin         = errString("no Origin header")
+	errOriginNotAllowed = errString("origin not allowed")
+)
+
+type errString string
+
+func (e errString) Error() string { return string(e) }
+
+// protocolWriter makes the 101 that reverse_proxy relays select the
+// subprotocol marker when the upstream selected none: the client offered
+// the marker, and a browser fails a connection whose 101 selects no
+// protocol although it offered some.
+type protocolWriter struct {
+	*caddyhttp.ResponseWriterWrapper
+	marker string
+}
+
+func (pw *protocolWriter) WriteHeader(status int) {
+	if status == http.StatusSwitchingProtocols {
+		hdr := pw.Header()
+		if len(hdr["Sec-WebSocket-Protocol"]) == 0 && len(hdr["Sec-Websocket-Protocol"]) == 0 {
+			hdr["Sec-WebSocket-Protocol"] = []string{pw.marker}
+		}
+	}
+	pw.ResponseWriterWrapper.WriteHeader(status)
+}
