@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -30,26 +31,113 @@ type identity struct {
 }
 
 // tokenClaims is what every handshake decodes: the registered claims and
-// the scope claims, into fixed fields, which costs a fraction of decoding
-// the whole payload into a map.
+// the scope claims, into fixed fields without pointers, which costs a
+// fraction of decoding the whole payload into a map.
 type tokenClaims struct {
-	Issuer    optString        `json:"iss"`
-	Subject   optString        `json:"sub"`
-	Audience  jwt.ClaimStrings `json:"aud"`
-	ExpiresAt *jwt.NumericDate `json:"exp"`
-	NotBefore *jwt.NumericDate `json:"nbf"`
-	IssuedAt  *jwt.NumericDate `json:"iat"`
-	ID        optString        `json:"jti"`
-	Scope     scopeList        `json:"scope"`
-	Scp       scopeList        `json:"scp"`
+	Issuer    optString   `json:"iss"`
+	Subject   optString   `json:"sub"`
+	Audience  audience    `json:"aud"`
+	ExpiresAt numericDate `json:"exp"`
+	NotBefore numericDate `json:"nbf"`
+	IssuedAt  numericDate `json:"iat"`
+	ID        optString   `json:"jti"`
+	Scope     scopeList   `json:"scope"`
+	Scp       scopeList   `json:"scp"`
 }
 
-func (c *tokenClaims) GetExpirationTime() (*jwt.NumericDate, error) { return c.ExpiresAt, nil }
-func (c *tokenClaims) GetNotBefore() (*jwt.NumericDate, error)      { return c.NotBefore, nil }
-func (c *tokenClaims) GetIssuedAt() (*jwt.NumericDate, error)       { return c.IssuedAt, nil }
-func (c *tokenClaims) GetAudience() (jwt.ClaimStrings, error)       { return c.Audience, nil }
+// The jwt.Claims methods. The parser is told not to validate claims: the
+// handler checks the times itself (checkTimes), on values decoded without
+// an allocation each.
+func (c *tokenClaims) GetExpirationTime() (*jwt.NumericDate, error) { return nil, nil }
+func (c *tokenClaims) GetNotBefore() (*jwt.NumericDate, error)      { return nil, nil }
+func (c *tokenClaims) GetIssuedAt() (*jwt.NumericDate, error)       { return nil, nil }
+func (c *tokenClaims) GetAudience() (jwt.ClaimStrings, error)       { return nil, nil }
 func (c *tokenClaims) GetIssuer() (string, error)                   { return c.Issuer.s, nil }
 func (c *tokenClaims) GetSubject() (string, error)                  { return c.Subject.s, nil }
+
+// numericDate is a JSON NumericDate (RFC 7519, section 2): seconds since
+// the epoch, possibly fractional.
+type numericDate struct {
+	sec float64
+	set bool
+}
+
+func (d *numericDate) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*d = numericDate{}
+		return nil
+	}
+	// Integers, the usual case, without strconv's string conversion.
+	var n int64
+	digits := len(b) > 0 && len(b) <= 15
+	for _, c := range b {
+		if c < '0' || c > '9' {
+			digits = false
+			break
+		}
+		n = n*10 + int64(c-'0')
+	}
+	if digits {
+		*d = numericDate{sec: float64(n), set: true}
+		return nil
+	}
+	f, err := strconv.ParseFloat(string(b), 64)
+	if err != nil {
+		return errors.New("date claim is not a number")
+	}
+	*d = numericDate{sec: f, set: true}
+	return nil
+}
+
+func (d numericDate) time() time.Time {
+	sec, frac := math.Modf(d.sec)
+	return time.Unix(int64(sec), int64(frac*1e9))
+}
+
+// audience is the aud claim: one string or an array of strings.
+type audience struct {
+	one  optString
+	many []string
+}
+
+func (a *audience) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '[' {
+		return json.Unmarshal(b, &a.many)
+	}
+	if string(b) == "null" {
+		return nil
+	}
+	if err := a.one.UnmarshalJSON(b); err != nil || !a.one.ok {
+		return errors.New("aud is neither a string nor an array of strings")
+	}
+	return nil
+}
+
+// containsAny reports whether the audience holds one of want.
+func (a *audience) containsAny(want []string) bool {
+	if a.one.ok && slices.Contains(want, a.one.s) {
+		return true
+	}
+	return slices.ContainsFunc(a.many, func(s string) bool { return slices.Contains(want, s) })
+}
+
+// checkTimes applies exp (required), nbf and iat with the leeway, as
+// golang-jwt's validator does: a token expires at exp+leeway exactly.
+func (c *tokenClaims) checkTimes(now time.Time, leeway time.Duration) (reason, error) {
+	if !c.ExpiresAt.set {
+		return reasonInvalid, errNoExp
+	}
+	if !now.Before(c.ExpiresAt.time().Add(leeway)) {
+		return reasonExpired, errExpired
+	}
+	if c.NotBefore.set && now.Add(leeway).Before(c.NotBefore.time()) {
+		return reasonInvalid, errNotYet
+	}
+	if c.IssuedAt.set && now.Add(leeway).Before(c.IssuedAt.time()) {
+		return reasonInvalid, errIssuedLater
+	}
+	return 0, nil
+}
 
 // optString decodes a JSON string, and any other JSON value as "not a
 // string" instead of failing the whole token: whether that matters depends
@@ -136,23 +224,23 @@ func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
 		return reasonInvalid, false, errTooLarge
 	}
 	_, err := h.parser.ParseWithClaims(token, &id.claims, h.keys.lookup)
-	// Claims are decoded before the signature is checked; they are only
-	// worth anything (to a log, say) once it has been.
-	id.verified = err == nil || errors.Is(err, jwt.ErrTokenInvalidClaims)
 	if err != nil {
-		switch {
-		case errors.Is(err, errKeysUnavailable):
+		if errors.Is(err, errKeysUnavailable) {
 			return reasonUnavailable, false, err
-		case errors.Is(err, jwt.ErrTokenExpired):
-			return reasonExpired, false, err
 		}
 		return reasonInvalid, false, err
 	}
+	// Claims are decoded before the signature is checked; they are only
+	// worth anything (to a log, say) from here on.
+	id.verified = true
 	c := &id.claims
+	if rsn, err := c.checkTimes(now(), time.Duration(h.Leeway)); err != nil {
+		return rsn, false, err
+	}
 	if len(h.issuers) > 0 && (!c.Issuer.ok || !slices.Contains(h.issuers, c.Issuer.s)) {
 		return reasonInvalid, false, errIssuer
 	}
-	if len(h.audiences) > 0 && !slices.ContainsFunc(c.Audience, func(a string) bool { return slices.Contains(h.audiences, a) }) {
+	if len(h.audiences) > 0 && !c.Audience.containsAny(h.audiences) {
 		return reasonInvalid, false, errAudience
 	}
 
@@ -195,6 +283,11 @@ var (
 	errIssuer   = errors.New("issuer not accepted")
 	errAudience = errors.New("audience not accepted")
 	errNoUser   = errors.New("user claim missing or not a non-empty string")
+
+	errNoExp       = errors.New("token has no exp")
+	errExpired     = errors.New("token expired")
+	errNotYet      = errors.New("token not valid yet (nbf)")
+	errIssuedLater = errors.New("token issued in the future (iat)")
 )
 
 // scopes returns the granted scopes: the configured claim, or "scope" and
@@ -305,8 +398,5 @@ func formatClaim(v any) string {
 
 // expires is the token's expiry; exp is required, so it is always set.
 func (id *identity) expires() time.Time {
-	if id.claims.ExpiresAt == nil {
-		return time.Time{}
-	}
-	return id.claims.ExpiresAt.Time
+	return id.claims.ExpiresAt.time()
 }

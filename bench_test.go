@@ -1,0 +1,173 @@
+package wsauth
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// The handshake decision (ServeHTTP up to the next handler) next to bare
+// golang-jwt parse+verify of the same token into MapClaims, the floor the
+// issue measures us against. Run with:
+//
+//	go test -run '^$' -bench . -benchmem
+//
+// Requests are built outside the timer in batches, because Caddy builds a
+// request (and its replacer) whether or not ws_auth runs.
+
+type benchAlg struct {
+	name   string
+	method jwt.SigningMethod
+	signer any
+	verify any    // the key golang-jwt verifies with
+	config string // the key option of ws_auth
+}
+
+func benchAlgs(b *testing.B) []benchAlg {
+	k := testKeys()
+	rsaPEM := writePublicPEM(b, &k.rsa.PublicKey)
+	ecPEM := writePublicPEM(b, &k.ec.PublicKey)
+	return []benchAlg{
+		{"HS256", jwt.SigningMethodHS256, []byte(testSecret), []byte(testSecret), testSecret},
+		{"RS256", jwt.SigningMethodRS256, k.rsa, &k.rsa.PublicKey, rsaPEM},
+		{"ES256", jwt.SigningMethodES256, k.ec, &k.ec.PublicKey, ecPEM},
+	}
+}
+
+// benchClaims are the typical claims of the bench harness's tokens.
+func benchClaims() jwt.MapClaims {
+	n := time.Now()
+	return jwt.MapClaims{
+		"sub": "user-42", "jti": "5f0c2a6e-3b1d-4c59-9a77-0d1f4e8b2c31",
+		"iss": "bench-issuer", "aud": "bench-aud", "scope": "chat:read chat:write",
+		"name": "User 42", "iat": n.Unix(), "nbf": n.Unix(), "exp": n.Add(3 * time.Hour).Unix(),
+	}
+}
+
+func provisioned(b *testing.B, h *Handler) *Handler {
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	b.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		b.Fatal(err)
+	}
+	h.logger = zap.NewNop()
+	return h
+}
+
+func BenchmarkHandshake(b *testing.B) {
+	for _, alg := range benchAlgs(b) {
+		tok := sign(b, alg.method, alg.signer, benchClaims(), "")
+		h := &Handler{
+			TokenSources:   []TokenSource{{Source: "query"}},
+			Issuers:        []string{"bench-issuer"},
+			Audiences:      []string{"bench-aud"},
+			AllowedOrigins: []string{"http://bench.localhost"},
+		}
+		switch alg.verify.(type) {
+		case []byte:
+			h.Secrets = []string{alg.config}
+		case *rsa.PublicKey, *ecdsa.PublicKey:
+			h.PublicKeys = []string{alg.config}
+		}
+		provisioned(b, h)
+
+		b.Run(alg.name+"/ws_auth", func(b *testing.B) {
+			benchServe(b, h, "/ws?token="+tok)
+		})
+		b.Run(alg.name+"/golang-jwt-mapclaims", func(b *testing.B) {
+			p := jwt.NewParser(jwt.WithValidMethods([]string{alg.method.Alg()}), jwt.WithExpirationRequired())
+			key := func(*jwt.Token) (any, error) { return alg.verify, nil }
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := p.ParseWithClaims(tok, jwt.MapClaims{}, key); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkHandshakeRejectMissing is the cost of refusing a client without
+// a token in status mode (the close mode's cost is the TCP writes).
+func BenchmarkHandshakeRejectMissing(b *testing.B) {
+	h := provisioned(b, &Handler{Secrets: []string{testSecret}, Reject: "status"})
+	benchServeWant(b, h, "/ws", false)
+}
+
+func benchServe(b *testing.B, h *Handler, target string) { benchServeWant(b, h, target, true) }
+
+func benchServeWant(b *testing.B, h *Handler, target string, wantNext bool) {
+	const batch = 1024
+	reqs := make([]*http.Request, 0, batch)
+	called := false
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+		called = true
+		return nil
+	})
+	w := httptest.NewRecorder()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if len(reqs) == 0 {
+			b.StopTimer()
+			for range batch {
+				reqs = append(reqs, upgradeRequest(target))
+			}
+			b.StartTimer()
+		}
+		r := reqs[len(reqs)-1]
+		reqs = reqs[:len(reqs)-1]
+		called = false
+		err := h.ServeHTTP(w, r, next)
+		if wantNext && (err != nil || !called) {
+			b.Fatalf("not accepted: %v", err)
+		}
+		if !wantNext && (err == nil || called) {
+			b.Fatal("not refused")
+		}
+	}
+}
+
+// upgradeRequest is a WebSocket upgrade as Caddy hands it to a handler:
+// with a replacer and the vars map in its context.
+func upgradeRequest(target string) *http.Request {
+	r := httptest.NewRequest(http.MethodGet, target, nil)
+	r.Header.Set("Upgrade", "websocket")
+	r.Header.Set("Connection", "Upgrade")
+	r.Header.Set("Sec-WebSocket-Version", "13")
+	r.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+	r.Header.Set("Origin", "http://bench.localhost")
+	ctx := context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer())
+	ctx = context.WithValue(ctx, caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: "127.0.0.1"})
+	return r.WithContext(ctx)
+}
+
+// BenchmarkPlaceholders is the cost of what the upstream is usually handed:
+// the user and one claim.
+func BenchmarkPlaceholders(b *testing.B) {
+	tok := hs256(b, benchClaims())
+	h := provisioned(b, &Handler{Secrets: []string{testSecret}})
+	b.ReportAllocs()
+	for b.Loop() {
+		id := new(identity)
+		if _, ok, err := h.verify(tok, id); !ok {
+			b.Fatal(err)
+		}
+		if v, _ := id.placeholder("http.auth.user.id"); v != "user-42" {
+			b.Fatal(v)
+		}
+		if v, _ := id.placeholder("ws_auth.claims.name"); v != "User 42" {
+			b.Fatal(v)
+		}
+	}
+}
