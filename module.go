@@ -120,6 +120,7 @@ type Handler struct {
 	keys       *keyring
 	parser     *jwt.Parser
 	sources    []tokenSource
+	firstMsg   *firstMessage
 	origins    originMatcher
 	codes      [numReasons]uint16
 	issuers    []string
@@ -183,7 +184,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.audiences = h.Audiences
 
 	var err error
-	h.sources, err = compileSources(h.TokenSources)
+	h.sources, h.firstMsg, err = compileSources(h.TokenSources)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -153,47 +154,69 @@ func headerHasToken(lines []string, token string) bool {
 // waits briefly for the client's Close and closes the connection. The
 // upstream is never involved.
 func (h *Handler) closeHandshake(w http.ResponseWriter, req *http.Request, code uint16, why, token string) error {
+	conn, brw, err := acceptHandshake(w, req, token, func(b []byte) []byte {
+		return appendCloseFrame(b, code, why)
+	})
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	awaitClose(brw.Reader)
+	return nil
+}
+
+// acceptHandshake checks that req is a WebSocket handshake the module can
+// answer, hijacks the connection and writes the 101 response, followed by
+// what then appends (a Close frame, say) in the same write. The deadline
+// for the connection is closeWait from now; the caller owns the connection.
+func acceptHandshake(w http.ResponseWriter, req *http.Request, token string, then func([]byte) []byte) (net.Conn, *bufio.ReadWriter, error) {
 	if req.Method != http.MethodGet || req.ProtoMajor != 1 || req.Header.Get("Sec-Websocket-Version") != "13" {
-		return errNotWebSocket
+		return nil, nil, errNotWebSocket
 	}
 	key := req.Header.Get("Sec-Websocket-Key")
 	if raw, err := base64.StdEncoding.DecodeString(key); err != nil || len(raw) != 16 {
-		return errNotWebSocket
+		return nil, nil, errNotWebSocket
+	}
+	proto := selectProtocol(req, token)
+
+	conn, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return nil, nil, errNotWebSocket
 	}
 
-	// Browsers fail a connection whose 101 selects no subprotocol although
-	// they offered some, before reading any frame: select the first one
-	// that is not the token.
+	var buf [512]byte
+	b := append(buf[:0], "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
+	b = appendAccept(b, key)
+	if proto != "" {
+		b = append(b, "\r\nSec-WebSocket-Protocol: "...)
+		b = append(b, proto...)
+	}
+	b = append(b, "\r\n\r\n"...)
+	if then != nil {
+		b = then(b)
+	}
+	_ = conn.SetDeadline(time.Now().Add(closeWait))
+	if _, err := conn.Write(b); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	return conn, brw, nil
+}
+
+// selectProtocol picks the subprotocol the module's own 101 selects:
+// browsers fail a connection whose 101 selects none although they offered
+// some, before reading any frame. It is the first offered that is not the
+// token (and is short enough to be a protocol name).
+func selectProtocol(req *http.Request, token string) string {
 	var proto string
 	eachProtocol(req.Header[headerProtocol], func(p string) bool {
-		if p != token {
+		if p != token && len(p) < 128 {
 			proto = p
 			return false
 		}
 		return true
 	})
-
-	conn, brw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
-		return errNotWebSocket
-	}
-	defer conn.Close()
-
-	var buf [512]byte
-	b := append(buf[:0], "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
-	b = appendAccept(b, key)
-	if proto != "" && len(proto) < 128 {
-		b = append(b, "\r\nSec-WebSocket-Protocol: "...)
-		b = append(b, proto...)
-	}
-	b = append(b, "\r\n\r\n"...)
-	b = appendCloseFrame(b, code, why)
-
-	_ = conn.SetDeadline(time.Now().Add(closeWait))
-	if _, err := conn.Write(b); err != nil {
-		return err
-	}
-	return awaitClose(brw.Reader)
+	return proto
 }
 
 func appendAccept(dst []byte, key string) []byte {
@@ -206,19 +229,16 @@ func appendAccept(dst []byte, key string) []byte {
 
 // awaitClose reads frames from a refused client until its Close frame, the
 // deadline, or maxDrain bytes, whichever comes first.
-func awaitClose(br *bufio.Reader) error {
+func awaitClose(br *bufio.Reader) {
 	r := io.LimitReader(br, maxDrain)
 	var hb [maxFrameHeader]byte
 	for {
 		fh, err := readFrameHeader(r, &hb)
-		if err != nil {
-			return nil // closed, timed out or malformed: we are done either way
-		}
-		if fh.opcode == opClose {
-			return nil
+		if err != nil || fh.opcode == opClose {
+			return // closed, timed out, malformed or done: the end either way
 		}
 		if _, err := io.CopyN(io.Discard, r, fh.length); err != nil {
-			return nil
+			return
 		}
 	}
 }

@@ -6,21 +6,28 @@ import (
 	"net/textproto"
 	"net/url"
 	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 // TokenSource is one place a token is read from.
 type TokenSource struct {
-	// One of query, header, cookie, subprotocol.
+	// One of query, header, cookie, subprotocol, first_message.
 	Source string `json:"source"`
 
 	// The query parameter (default: token), header (default:
-	// Authorization), cookie (required) or subprotocol marker (default:
-	// access_token).
+	// Authorization), cookie (required), subprotocol marker (default:
+	// access_token) or first message type (default: auth).
 	Name string `json:"name,omitempty"`
 
 	// For header: the authentication scheme before the token. Default:
 	// Bearer for the Authorization header, none for other headers.
 	Scheme string `json:"scheme,omitempty"`
+
+	// For first_message: how long the client has to send its auth
+	// message after the handshake. Default: 5s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
 }
 
 type sourceKind uint8
@@ -30,13 +37,15 @@ const (
 	sourceHeader
 	sourceCookie
 	sourceSubprotocol
+	sourceFirstMessage
 )
 
 var sourceNames = [...]string{
 	sourceQuery:       "query",
 	sourceHeader:      "header",
 	sourceCookie:      "cookie",
-	sourceSubprotocol: "subprotocol",
+	sourceSubprotocol:  "subprotocol",
+	sourceFirstMessage: "first_message",
 }
 
 func (k sourceKind) String() string { return sourceNames[k] }
@@ -59,14 +68,26 @@ var defaultSources = []tokenSource{
 	{kind: sourceHeader, name: "Authorization", scheme: "Bearer"},
 }
 
-func compileSources(cfg []TokenSource) ([]tokenSource, error) {
+// compileSources compiles the sources that are read from the request, and
+// first_message, which is tried after all of them.
+func compileSources(cfg []TokenSource) ([]tokenSource, *firstMessage, error) {
 	if len(cfg) == 0 {
-		return defaultSources, nil
+		return defaultSources, nil, nil
 	}
 	out := make([]tokenSource, 0, len(cfg))
+	var fm *firstMessage
 	for _, s := range cfg {
 		var ts tokenSource
 		switch s.Source {
+		case "first_message":
+			if fm != nil {
+				return nil, nil, fmt.Errorf("token_source first_message: given twice")
+			}
+			fm = &firstMessage{typ: cmpOr(s.Name, defaultFirstMessageType), timeout: time.Duration(s.Timeout)}
+			if fm.timeout <= 0 {
+				fm.timeout = defaultFirstMessageTimeout
+			}
+			continue
 		case "query":
 			ts = tokenSource{kind: sourceQuery, name: cmpOr(s.Name, defaultQueryParam)}
 		case "header":
@@ -78,20 +99,20 @@ func compileSources(cfg []TokenSource) ([]tokenSource, error) {
 			ts = tokenSource{kind: sourceHeader, name: name, scheme: scheme}
 		case "cookie":
 			if s.Name == "" {
-				return nil, fmt.Errorf("token_source cookie: missing cookie name")
+				return nil, nil, fmt.Errorf("token_source cookie: missing cookie name")
 			}
 			ts = tokenSource{kind: sourceCookie, name: s.Name}
 		case "subprotocol":
 			ts = tokenSource{kind: sourceSubprotocol, name: cmpOr(s.Name, defaultMarker)}
 		default:
-			return nil, fmt.Errorf("token_source: unknown source %q (want query, header, cookie or subprotocol)", s.Source)
+			return nil, nil, fmt.Errorf("token_source: unknown source %q (want query, header, cookie, subprotocol or first_message)", s.Source)
 		}
 		if s.Scheme != "" && ts.kind != sourceHeader {
-			return nil, fmt.Errorf("token_source %s: scheme applies to header only", s.Source)
+			return nil, nil, fmt.Errorf("token_source %s: scheme applies to header only", s.Source)
 		}
 		out = append(out, ts)
 	}
-	return out, nil
+	return out, fm, nil
 }
 
 func cmpOr(s, def string) string {

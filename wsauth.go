@@ -17,52 +17,64 @@ import (
 // accepted one goes to next with its placeholders set and its token
 // removed.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	if h.UpgradesOnly && !isUpgrade(r) {
+	upgrade := isUpgrade(r)
+	if h.UpgradesOnly && !upgrade {
 		return next.ServeHTTP(w, r)
 	}
 
 	id := new(identity)
+	if rsn, err := h.checkOrigin(r); err != nil {
+		h.logRejection(r, rsn, nil, id, err)
+		return h.reject(w, r, rsn, "")
+	}
 	token, src := extract(r, h.sources)
-	rsn, ok, detail := h.decide(r, token, src, id)
-	if !ok {
+	if src == nil {
+		if h.firstMsg != nil && upgrade {
+			return h.serveFirstMessage(w, r, next)
+		}
+		h.logRejection(r, reasonMissing, nil, id, nil)
+		return h.reject(w, r, reasonMissing, "")
+	}
+	if rsn, ok, detail := h.verify(token, id); !ok {
 		h.logRejection(r, rsn, src, id, detail)
 		return h.reject(w, r, rsn, token)
 	}
 	id.source = src.kind
-
-	if c := h.logger.Check(zapcore.InfoLevel, "websocket authenticated"); c != nil {
-		c.Write(h.logFields(r, src, id)...)
-	}
-
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	repl.Map(id.placeholder)
+	h.accepted(r, src, id)
 
 	if h.strip {
 		src.strip(r)
-		if src.kind == sourceSubprotocol && isUpgrade(r) {
+		if src.kind == sourceSubprotocol && upgrade {
 			w = &protocolWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, marker: src.name}
 		}
 	}
 	return next.ServeHTTP(w, r)
 }
 
-// decide runs the checks in order: origin, token presence, token validity,
-// scopes.
-func (h *Handler) decide(r *http.Request, token string, src *tokenSource, id *identity) (reason, bool, error) {
-	if !h.origins.empty() {
-		origin := r.Header["Origin"]
-		if len(origin) == 0 {
-			if !h.AllowMissingOrigin {
-				return reasonOrigin, false, errNoOrigin
-			}
-		} else if !h.origins.allowed(origin[0]) {
-			return reasonOrigin, false, errOriginNotAllowed
+// checkOrigin applies allowed_origins.
+func (h *Handler) checkOrigin(r *http.Request) (reason, error) {
+	if h.origins.empty() {
+		return 0, nil
+	}
+	origin := r.Header["Origin"]
+	if len(origin) == 0 {
+		if !h.AllowMissingOrigin {
+			return reasonOrigin, errNoOrigin
 		}
+	} else if !h.origins.allowed(origin[0]) {
+		return reasonOrigin, errOriginNotAllowed
 	}
-	if src == nil {
-		return reasonMissing, false, nil
+	return 0, nil
+}
+
+// accepted logs the decision and makes the identity's placeholders
+// available to the handlers that follow.
+func (h *Handler) accepted(r *http.Request, src *tokenSource, id *identity) {
+	if c := h.logger.Check(zapcore.InfoLevel, "websocket authenticated"); c != nil {
+		c.Write(h.logFields(r, src, id)...)
 	}
-	return h.verify(token, id)
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	repl.Map(id.placeholder)
 }
 
 // placeholder resolves the {ws_auth.*} placeholders and {http.auth.user.id}
