@@ -1,0 +1,135 @@
+package wsauth
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// TestLogsKeepSecrets: every decision is in the audit log with its reason,
+// and neither the audit log nor the access log (with the filter the README
+// and example.Caddyfile show) ever holds a token or the secret.
+func TestLogsKeepSecrets(t *testing.T) {
+	dir := t.TempDir()
+	audit := filepath.Join(dir, "audit.log")
+	access := filepath.Join(dir, "access.log")
+	up := newUpstream(t)
+
+	caddyMu.Lock()
+	defer caddyMu.Unlock()
+	port := freePort(t)
+	cfg := fmt.Sprintf(`{
+	admin off
+	auto_https off
+	persist_config off
+	log audit {
+		output file %s
+		include http.handlers.ws_auth
+		level DEBUG
+	}
+}
+
+http://127.0.0.1:%d {
+	log {
+		output file %s
+		format filter {
+			request>uri query {
+				delete token
+			}
+			request>headers>Sec-Websocket-Protocol delete
+		}
+	}
+	ws_auth {
+		secret %s
+		token_source query
+		token_source subprotocol
+		token_source header
+		scopes chat:read
+	}
+	reverse_proxy %s
+}`, audit, port, access, testSecret, up.addr())
+	if err := loadCaddyfile(cfg); err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	waitListening(t, addr)
+
+	good := hs256(t, claims("alice"))
+	expired := hs256(t, claims("bob", func(c jwt.MapClaims) { c["exp"] = time.Now().Add(-time.Hour).Unix() }))
+	forged := sign(t, jwt.SigningMethodHS256, []byte("not-the-secret-not-the-secret-123"), claims("mallory"), "")
+	tokens := []string{good, expired, forged}
+	for _, tok := range tokens {
+		for _, o := range []dialOpts{
+			{query: "token=" + tok},
+			{protocols: []string{"access_token", tok}},
+			{header: map[string][]string{"Authorization": {"Bearer " + tok}}},
+		} {
+			c, resp, err := dial(addr, "/ws", o)
+			_ = outcome(t, c, resp, err)
+		}
+	}
+	if err := caddyStop(); err != nil { // flushes and closes the log files
+		t.Fatal(err)
+	}
+
+	secrets := []string{testSecret}
+	for _, tok := range tokens {
+		secrets = append(secrets, tok, strings.Split(tok, ".")[2])
+	}
+	reasons := map[string]int{}
+	for _, file := range []string{audit, access} {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range secrets {
+			if strings.Contains(string(data), s) {
+				t.Errorf("%s holds a secret or token part: %.20s…", filepath.Base(file), s)
+			}
+		}
+		if file != audit {
+			// The access log must have logged every request, or the check
+			// above proves nothing.
+			if n := strings.Count(string(data), `"uri":"/ws`); n != 9 {
+				t.Errorf("access log has %d requests for /ws, want 9", n)
+			}
+			continue
+		}
+		sc := bufio.NewScanner(strings.NewReader(string(data)))
+		for sc.Scan() {
+			var line map[string]any
+			if err := json.Unmarshal(sc.Bytes(), &line); err != nil {
+				t.Fatalf("audit line is not JSON: %s", sc.Text())
+			}
+			switch line["msg"] {
+			case "websocket refused":
+				reasons[fmt.Sprint(line["reason"])]++
+				if line["reason"] == "expired" && line["user"] != "bob" {
+					t.Errorf("refusal of a verified token lacks its user: %v", line)
+				}
+				if line["reason"] == "invalid" && line["user"] != nil {
+					t.Errorf("refusal of a forged token names its claimed user: %v", line)
+				}
+			case "websocket authenticated":
+				reasons["accepted"]++
+				if line["user"] != "alice" || line["jti"] != "jti-alice" || line["remote_ip"] != "127.0.0.1" {
+					t.Errorf("acceptance lacks user, jti or remote_ip: %v", line)
+				}
+			}
+		}
+	}
+	if reasons["accepted"] != 3 || reasons["expired"] != 3 || reasons["invalid"] != 3 {
+		t.Errorf("audit log decisions = %v, want 3 accepted, 3 expired, 3 invalid", reasons)
+	}
+}
+
+func caddyStop() error { return caddy.Stop() }
