@@ -41,9 +41,9 @@ const (
 )
 
 var sourceNames = [...]string{
-	sourceQuery:       "query",
-	sourceHeader:      "header",
-	sourceCookie:      "cookie",
+	sourceQuery:        "query",
+	sourceHeader:       "header",
+	sourceCookie:       "cookie",
 	sourceSubprotocol:  "subprotocol",
 	sourceFirstMessage: "first_message",
 }
