@@ -2,8 +2,10 @@ package wsauth
 
 import (
 	"strconv"
+	"strings"
 
 	"github.com/dustin/go-humanize"
+	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -29,6 +31,7 @@ func parseCaddyfile(helper httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 //		token_source header [<name> [<scheme>]]
 //		token_source cookie <name>
 //		token_source subprotocol [<marker>]
+//		token_source first_message [<type> [<timeout>]]
 //
 //		secret <value>
 //		public_key <pem_file>
@@ -57,8 +60,14 @@ func parseCaddyfile(helper httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 //	}
 //
 // token_source, secret, public_key, jwks, jwks_file, algorithms, issuer,
-// audience, scopes, allowed_origins and close_code may be repeated; the
-// other options may be given once.
+// audience, scopes, allowed_origins and close_code may be repeated (a
+// close_code once per reason, first_message once); the other options may
+// be given once.
+//
+// What the Caddyfile alone decides is checked here, so that the error
+// names the file and line: algorithm names ("none" is refused), origin
+// patterns, scopes, and that a cookie token source comes with
+// allowed_origins. Keys and files are checked at provision.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	if d.NextArg() {
@@ -74,13 +83,31 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return nil
 	}
 
+	// A cookie rides along with any cross-site WebSocket, so a cookie
+	// source needs an Origin check (see Validate); the error is made where
+	// the source is written, and returned if no allowed_origins follows.
+	var cookieErr error
+
+	var last string // the previous option, for a block it does not take
 	for d.NextBlock(0) {
 		opt := d.Val()
+		if opt == "{" && last != "" {
+			return d.Errf("%s: unexpected block", last)
+		}
+		last = opt
 		switch opt {
 		case "token_source":
 			ts, err := parseTokenSource(d)
 			if err != nil {
 				return err
+			}
+			if ts.Source == "first_message" {
+				if err := once("token_source first_message"); err != nil {
+					return err
+				}
+			}
+			if ts.Source == "cookie" && cookieErr == nil {
+				cookieErr = d.Errf("token_source cookie: requires allowed_origins (cross-site WebSocket hijacking)")
 			}
 			h.TokenSources = append(h.TokenSources, ts)
 
@@ -104,26 +131,34 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			src := &JWKSSource{URL: url}
+			var lastSub string
 			for nesting := d.Nesting(); d.NextBlock(nesting); {
 				sub := d.Val()
+				if sub == "{" && lastSub != "" {
+					return d.Errf("jwks %s: unexpected block", lastSub)
+				}
+				lastSub = sub
+				var dst *caddy.Duration
 				switch sub {
-				case "refresh", "timeout":
-					v, err := oneArg(d)
-					if err != nil {
-						return err
-					}
-					dur, err := caddy.ParseDuration(v)
-					if err != nil || dur <= 0 {
-						return d.Errf("jwks %s: invalid duration %q", sub, v)
-					}
-					if sub == "refresh" {
-						src.Refresh = caddy.Duration(dur)
-					} else {
-						src.Timeout = caddy.Duration(dur)
-					}
+				case "refresh":
+					dst = &src.Refresh
+				case "timeout":
+					dst = &src.Timeout
 				default:
 					return d.Errf("jwks: unrecognized subdirective '%s'", sub)
 				}
+				if *dst != 0 {
+					return d.Errf("jwks %s: already specified", sub)
+				}
+				v, err := oneArgOf(d, "jwks "+sub)
+				if err != nil {
+					return err
+				}
+				dur, err := caddy.ParseDuration(v)
+				if err != nil || dur <= 0 {
+					return d.Errf("jwks %s: invalid duration %q", sub, v)
+				}
+				*dst = caddy.Duration(dur)
 			}
 			h.JWKS = append(h.JWKS, src)
 
@@ -139,16 +174,37 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(args) == 0 {
 				return d.Errf("%s: needs at least one value", opt)
 			}
+			for _, a := range args {
+				if a == "" {
+					return d.Errf("%s: empty value", opt)
+				}
+			}
 			switch opt {
 			case "algorithms":
+				for _, alg := range args {
+					if strings.EqualFold(alg, "none") {
+						return d.Errf("algorithms: 'none' is never accepted")
+					}
+					if jwt.GetSigningMethod(alg) == nil {
+						return d.Errf("algorithms: unknown algorithm %q", alg)
+					}
+				}
 				h.Algorithms = append(h.Algorithms, args...)
 			case "issuer":
 				h.Issuers = append(h.Issuers, args...)
 			case "audience":
 				h.Audiences = append(h.Audiences, args...)
 			case "scopes":
+				for _, s := range args {
+					if strings.ContainsAny(s, " \t") {
+						return d.Errf("scopes: invalid scope %q", s)
+					}
+				}
 				h.Scopes = append(h.Scopes, args...)
 			case "allowed_origins":
+				if _, err := compileOrigins(args); err != nil {
+					return d.WrapErr(err)
+				}
 				h.AllowedOrigins = append(h.AllowedOrigins, args...)
 			}
 
@@ -266,13 +322,16 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return d.Errf("unrecognized subdirective '%s'", opt)
 		}
 	}
+	if cookieErr != nil && len(h.AllowedOrigins) == 0 {
+		return cookieErr
+	}
 	return nil
 }
 
 func parseTokenSource(d *caddyfile.Dispenser) (TokenSource, error) {
 	args := d.RemainingArgs()
 	if len(args) == 0 {
-		return TokenSource{}, d.Errf("token_source: missing source (query, header, cookie or subprotocol)")
+		return TokenSource{}, d.Errf("token_source: missing source (query, header, cookie, subprotocol or first_message)")
 	}
 	ts := TokenSource{Source: args[0]}
 	rest := args[1:]
@@ -293,24 +352,44 @@ func parseTokenSource(d *caddyfile.Dispenser) (TokenSource, error) {
 			return ts, d.Errf("token_source cookie: want exactly one cookie name")
 		}
 	case "first_message":
-		return ts, d.Errf("token_source first_message: not available in this version of ws_auth yet")
+		if len(rest) > 2 {
+			return ts, d.Errf("token_source first_message: too many arguments")
+		}
+		if len(rest) == 2 {
+			dur, err := caddy.ParseDuration(rest[1])
+			if err != nil || dur <= 0 {
+				return ts, d.Errf("token_source first_message: invalid timeout %q", rest[1])
+			}
+			ts.Timeout = caddy.Duration(dur)
+		}
 	default:
-		return ts, d.Errf("token_source: unknown source %q (want query, header, cookie or subprotocol)", ts.Source)
+		return ts, d.Errf("token_source: unknown source %q (want query, header, cookie, subprotocol or first_message)", ts.Source)
 	}
 	if len(rest) > 0 {
+		if rest[0] == "" {
+			return ts, d.Errf("token_source %s: empty name", ts.Source)
+		}
 		ts.Name = rest[0]
 	}
 	return ts, nil
 }
 
+// oneArg returns the single, non-empty argument of the current option.
 func oneArg(d *caddyfile.Dispenser) (string, error) {
-	opt := d.Val()
+	return oneArgOf(d, d.Val())
+}
+
+// oneArgOf is oneArg for an option whose errors are named opt.
+func oneArgOf(d *caddyfile.Dispenser, opt string) (string, error) {
 	if !d.NextArg() {
 		return "", d.Errf("%s: missing value", opt)
 	}
 	v := d.Val()
 	if d.NextArg() {
 		return "", d.Errf("%s: too many arguments", opt)
+	}
+	if v == "" {
+		return "", d.Errf("%s: empty value", opt)
 	}
 	return v, nil
 }

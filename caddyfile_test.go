@@ -1,0 +1,365 @@
+package wsauth
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/caddytest"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	// example.Caddyfile uses the demo directives; demo does not import
+	// this package, so the test may import it.
+	_ "github.com/wsauth/caddy-wsauth/demo"
+)
+
+// adaptDir holds the Caddyfile adapt tests, in Caddy's own format
+// (caddytest/integration/caddyfile_adapt): a Caddyfile, a line of ten
+// dashes, then either the expected JSON or, for a Caddyfile that must not
+// adapt, a substring of the error.
+const adaptDir = "testdata/caddyfile_adapt"
+
+// validateSecret is an HMAC secret long enough not to be warned about.
+const validateSecret = "caddyfile-test-secret-long-enough-for-hs256"
+
+// parseErrLocation is what d.Errf appends to a parse error.
+var parseErrLocation = regexp.MustCompile(`, at Caddyfile:\d+`)
+
+func TestCaddyfileAdapt(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join(adaptDir, "*.caddyfiletest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) == 0 {
+		t.Fatalf("no .caddyfiletest files in %s", adaptDir)
+	}
+	for _, file := range files {
+		name := filepath.Base(file)
+		t.Run(strings.TrimSuffix(name, ".caddyfiletest"), func(t *testing.T) {
+			data, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			text := strings.ReplaceAll(string(data), "\r\n", "\n")
+			cfgText, expected, ok := strings.Cut(text, "\n----------\n")
+			if !ok {
+				t.Fatalf("%s: no line of ten dashes between the Caddyfile and the expected result", name)
+			}
+			// As Caddy's runner does: the formatter expects a final newline.
+			cfgText = strings.TrimSpace(cfgText) + "\n"
+			expected = strings.TrimSpace(expected)
+			if expected == "" {
+				t.Fatalf("%s: empty expected result", name)
+			}
+
+			if expected[0] == '{' {
+				if !caddytest.CompareAdapt(t, name, cfgText, "caddyfile", expected) {
+					got, _, err := adaptCaddyfile(cfgText)
+					t.Errorf("%s: adapted config differs from the expected JSON (diff on stdout); error: %v; got:\n%s", name, err, got)
+				}
+				// CompareAdapt only logs warnings (an unformatted Caddyfile,
+				// an unknown module); the examples here should have none.
+				if _, warnings, _ := adaptCaddyfile(cfgText); len(warnings) > 0 {
+					t.Errorf("%s: adapting gave warnings: %v", name, warnings)
+				}
+				return
+			}
+
+			_, _, err = adaptCaddyfile(cfgText)
+			if err == nil {
+				t.Fatalf("%s: adapted, want an error containing %q", name, expected)
+			}
+			if !strings.Contains(err.Error(), expected) {
+				t.Errorf("%s: error\n\t%v\nwant it to contain\n\t%s", name, err, expected)
+			}
+			if !parseErrLocation.MatchString(err.Error()) {
+				t.Errorf("%s: error %q does not name the file and line (\", at Caddyfile:<line>\")", name, err)
+			}
+		})
+	}
+}
+
+// adaptCaddyfile adapts cfg with the caddyfile adapter, as `caddy adapt`
+// does, and returns the JSON indented with tabs.
+func adaptCaddyfile(cfg string) ([]byte, []caddyconfig.Warning, error) {
+	js, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cfg), nil)
+	if err != nil {
+		return nil, warnings, err
+	}
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, js, "", "\t"); err != nil {
+		return nil, warnings, err
+	}
+	return buf.Bytes(), warnings, nil
+}
+
+// validateJSON loads a config as `caddy validate` does: every module is
+// provisioned and validated, then cleaned up, and nothing is started.
+func validateJSON(js []byte) error {
+	var cfg caddy.Config
+	if err := json.Unmarshal(js, &cfg); err != nil {
+		return err
+	}
+	return caddy.Validate(&cfg)
+}
+
+// validateSite adapts a Caddyfile serving site (the inside of a site
+// block), then validates the result. stage tells which step failed.
+func validateSite(site string) (stage string, err error) {
+	cfg := "http://localhost:9080 {\n" + site + "\n}\n"
+	js, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cfg), nil)
+	if err != nil {
+		return "adapt", err
+	}
+	if err := validateJSON(js); err != nil {
+		return "provision", err
+	}
+	return "", nil
+}
+
+// handlerConfig is a minimal JSON config whose only route runs handler,
+// for what the Caddyfile parser refuses before provision could.
+func handlerConfig(handler string) []byte {
+	return []byte(`{"apps":{"http":{"servers":{"srv0":{"listen":[":9080"],"routes":[{"handle":[` + handler + `]}]}}}}}`)
+}
+
+// writePrivatePEM writes an ECDSA private key as PKCS#8 PEM, as someone
+// who confuses the two halves of a key pair would give it to public_key.
+func writePrivatePEM(t *testing.T) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), "private.pem")
+	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestCaddyfileValidate checks that a config error found when the
+// adapted config is loaded (`caddy validate`, `caddy run`) names the
+// option, and that the errors the parser can find already, it finds,
+// with the file and line.
+func TestCaddyfileValidate(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing.pem")
+	private := writePrivatePEM(t)
+
+	// A config that must load, so that the failures below are the
+	// option's and not the harness's.
+	t.Run("valid", func(t *testing.T) {
+		stage, err := validateSite("\tws_auth {\n\t\tsecret " + validateSecret + "\n\t\tallowed_origins https://app.example.com\n\t\ttoken_source cookie session\n\t}\n\trespond ok")
+		if err != nil {
+			t.Fatalf("%s: %v", stage, err)
+		}
+	})
+
+	tests := []struct {
+		name  string
+		site  string
+		stage string   // where the error must come from: adapt or provision
+		want  []string // substrings of the error
+	}{
+		{
+			name:  "no key",
+			site:  "\tws_auth {\n\t\tissuer me\n\t}",
+			stage: "provision",
+			want:  []string{"no key configured", "secret", "public_key", "jwks", "jwks_file"},
+		},
+		{
+			name:  "public_key missing file",
+			site:  "\tws_auth {\n\t\tpublic_key " + missing + "\n\t}",
+			stage: "provision",
+			want:  []string{"public_key " + missing, "no such file"},
+		},
+		{
+			name:  "public_key holding a private key",
+			site:  "\tws_auth {\n\t\tpublic_key " + private + "\n\t}",
+			stage: "provision",
+			want:  []string{"public_key " + private, "private key"},
+		},
+		{
+			name:  "secret placeholder that is not set",
+			site:  "\tws_auth {\n\t\tsecret {env.WSAUTH_TEST_UNSET_SECRET}\n\t}",
+			stage: "provision",
+			want:  []string{"secret 1", "empty"},
+		},
+		{
+			name:  "algorithms that no key verifies",
+			site:  "\tws_auth {\n\t\tsecret " + validateSecret + "\n\t\talgorithms RS256\n\t}",
+			stage: "provision",
+			want:  []string{"algorithms", "RS256"},
+		},
+		{
+			name:  "algorithms none",
+			site:  "\tws_auth {\n\t\tsecret " + validateSecret + "\n\t\talgorithms none\n\t}",
+			stage: "adapt",
+			want:  []string{"algorithms: 'none' is never accepted", ", at Caddyfile:4"},
+		},
+		{
+			name:  "token_source cookie without allowed_origins",
+			site:  "\tws_auth {\n\t\tsecret " + validateSecret + "\n\t\ttoken_source cookie session\n\t}",
+			stage: "adapt",
+			want:  []string{"token_source cookie: requires allowed_origins", ", at Caddyfile:4"},
+		},
+		{
+			name:  "allowed_origins entry that is not an origin",
+			site:  "\tws_auth {\n\t\tsecret " + validateSecret + "\n\t\tallowed_origins app.example.com\n\t}",
+			stage: "adapt",
+			want:  []string{"allowed_origins", `"app.example.com" is not an origin`, ", at Caddyfile:4"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			stage, err := validateSite(tt.site)
+			if err == nil {
+				t.Fatalf("config loaded, want an error containing %q", tt.want)
+			}
+			if stage != tt.stage {
+				t.Errorf("error at %s, want at %s: %v", stage, tt.stage, err)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error\n\t%v\nwant it to contain %q", err, w)
+				}
+			}
+		})
+	}
+
+	// What the parser refuses must still be refused when written in JSON,
+	// where only Provision and Validate see it.
+	jsonTests := []struct {
+		name    string
+		handler string
+		want    []string
+	}{
+		{
+			name:    "algorithms none",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"algorithms":["none"]}`,
+			want:    []string{"algorithms", "none"},
+		},
+		{
+			name:    "token_source cookie without allowed_origins",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"token_sources":[{"source":"cookie","name":"session"}]}`,
+			want:    []string{"token_source cookie", "allowed_origins"},
+		},
+		{
+			name:    "allowed_origins entry that is not an origin",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"allowed_origins":["app.example.com"]}`,
+			want:    []string{"allowed_origins", "app.example.com"},
+		},
+		{
+			name:    "token_source cookie without a name",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"allowed_origins":["https://app.example.com"],"token_sources":[{"source":"cookie"}]}`,
+			want:    []string{"token_source cookie", "name"},
+		},
+		{
+			name:    "close_code for an unknown reason",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"close_codes":{"sleepy":4000}}`,
+			want:    []string{"close_code", "sleepy"},
+		},
+		{
+			name:    "close_code 1005",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"close_codes":{"expired":1005}}`,
+			want:    []string{"close_code", "1005"},
+		},
+		{
+			name:    "reject maybe",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"reject":"maybe"}`,
+			want:    []string{"reject", "maybe"},
+		},
+	}
+	for _, tt := range jsonTests {
+		t.Run("json/"+tt.name, func(t *testing.T) {
+			err := validateJSON(handlerConfig(tt.handler))
+			if err == nil {
+				t.Fatalf("config loaded, want an error containing %q", tt.want)
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error\n\t%v\nwant it to contain %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestExampleCaddyfileAdapts checks that the demo config at the root of
+// the repository adapts without warnings, puts ws_auth in its routes,
+// and loads (`caddy validate`).
+func TestExampleCaddyfileAdapts(t *testing.T) {
+	const name = "example.Caddyfile"
+	body, err := os.ReadFile(name)
+	if errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("%s is missing: SPEC.md promises `go run ./cmd/caddy run --config %s`", name, name)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt(body, map[string]any{"filename": name})
+	if err != nil {
+		t.Fatalf("adapting %s: %v", name, err)
+	}
+	for _, w := range warnings {
+		t.Errorf("adapting %s: warning: %s", name, w)
+	}
+	if !strings.Contains(string(js), `"handler":"ws_auth"`) {
+		t.Errorf("%s adapts to a config without ws_auth:\n%s", name, js)
+	}
+	if err := validateJSON(js); err != nil {
+		t.Errorf("validating %s: %v", name, err)
+	}
+}
+
+// TestCaddyfileCoversEveryField checks that every JSON field of the
+// handler is set by at least one of the adapt tests, so that an option
+// added to the Handler struct without its Caddyfile form (SPEC.md: "the
+// same options exist in JSON") is noticed.
+func TestCaddyfileCoversEveryField(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join(adaptDir, "*.caddyfiletest"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var expected strings.Builder
+	for _, file := range files {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, want, ok := strings.Cut(string(data), "\n----------\n"); ok && strings.HasPrefix(strings.TrimSpace(want), "{") {
+			expected.WriteString(want)
+		}
+	}
+	all := expected.String()
+	for _, typ := range []reflect.Type{reflect.TypeFor[Handler](), reflect.TypeFor[TokenSource](), reflect.TypeFor[JWKSSource]()} {
+		for f := range typ.Fields() {
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if !f.IsExported() || name == "" || name == "-" {
+				continue
+			}
+			if !strings.Contains(all, `"`+name+`":`) {
+				t.Errorf("%s.%s (JSON %q) is set by no test in %s: does the Caddyfile have a way to set it?", typ.Name(), f.Name, name, adaptDir)
+			}
+		}
+	}
+}
