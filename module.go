@@ -158,6 +158,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 
 const (
 	defaultMaxTokenSize = 8 << 10
+	maxMaxTokenSize     = 1 << 20
 	defaultJWKSRefresh  = 15 * time.Minute
 	defaultJWKSTimeout  = 10 * time.Second
 )
@@ -196,6 +197,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 
+	if h.AllowMissingOrigin && h.origins.empty() {
+		h.logger.Warn("allow_missing_origin has no effect without allowed_origins")
+	}
+
 	h.keys, err = loadKeys(ctx, h, h.logger)
 	if err != nil {
 		return err
@@ -220,8 +225,13 @@ func (h *Handler) Validate() error {
 	if h.Reject != "" && h.Reject != "close" && h.Reject != "status" {
 		return fmt.Errorf("reject: must be close or status, not %q", h.Reject)
 	}
-	if h.MaxTokenSize < 0 {
-		return fmt.Errorf("max_token_size: must not be negative")
+	if h.MaxTokenSize < 0 || h.MaxTokenSize > maxMaxTokenSize {
+		return fmt.Errorf("max_token_size: must be between 1 byte and 1MiB")
+	}
+	for _, ts := range h.TokenSources {
+		if ts.Timeout < 0 {
+			return fmt.Errorf("token_source %s: timeout must not be negative", ts.Source)
+		}
 	}
 	if h.Leeway < 0 {
 		return fmt.Errorf("leeway: must not be negative")
