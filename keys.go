@@ -1,6 +1,7 @@
 package wsauth
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -57,8 +58,8 @@ var (
 type keyring struct {
 	static   map[string]any // alg -> key or jwt.VerificationKeySet
 	sets     []keyfunc.Keyfunc
-	remote   bool     // at least one of sets is fetched over HTTP
-	setAlgs  []string // algorithms the key sets may verify
+	remote   []keyfunc.Keyfunc // those of sets that are fetched over HTTP
+	setAlgs  []string          // algorithms the key sets may verify
 	hasFiles bool
 	ctx      context.Context
 }
@@ -158,7 +159,7 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (*keyring, erro
 			logger.Warn("JWK Set not available yet; handshakes that need it get 'unavailable' until a fetch succeeds", zap.String("url", url))
 		}
 		k.sets = append(k.sets, kf)
-		k.remote = true
+		k.remote = append(k.remote, kf)
 	}
 
 	if len(k.static) == 0 && len(k.sets) == 0 {
@@ -235,7 +236,7 @@ func (k *keyring) lookup(t *jwt.Token) (any, error) {
 		if static != nil {
 			return static, nil
 		}
-		if !k.anySetKeys() {
+		if k.unfetched() {
 			return nil, errKeysUnavailable
 		}
 		return nil, fmt.Errorf("unknown kid %q", kid)
@@ -262,7 +263,7 @@ func (k *keyring) lookup(t *jwt.Token) (any, error) {
 		}
 	}
 	if len(set.Keys) == 0 {
-		if !k.anySetKeys() {
+		if k.unfetched() {
 			return nil, errKeysUnavailable
 		}
 		return nil, errNoKey
@@ -270,11 +271,14 @@ func (k *keyring) lookup(t *jwt.Token) (any, error) {
 	return set, nil
 }
 
-// anySetKeys reports whether any key set holds a key, that is whether a
-// remote set was ever fetched.
-func (k *keyring) anySetKeys() bool {
-	for _, kf := range k.sets {
-		if all, err := kf.Storage().KeyReadAll(k.ctx); err == nil && len(all) > 0 {
+// unfetched reports whether a remote key set holds no key yet, that is
+// was never fetched. A token that no key we have verifies may then be
+// signed by one of its keys: the failure is ours, not the client's. Only
+// remote sets count: a local set (jwks_file) with keys says nothing of
+// the keys a remote one would bring.
+func (k *keyring) unfetched() bool {
+	for _, kf := range k.remote {
+		if all, err := kf.Storage().KeyReadAll(k.ctx); err != nil || len(all) == 0 {
 			return true
 		}
 	}
@@ -400,7 +404,12 @@ func loadPEMPublicKeys(file string) ([]any, error) {
 	return keys, nil
 }
 
-// limitedTransport bounds the size of every response body it returns.
+// limitedTransport bounds the size of every response it returns. It reads
+// the whole body before handing the response on: a JSON decoder stops at
+// the end of the first value, so a limit enforced while decoding would let
+// a response of any size through as long as its first bytes held a set
+// (say, a set followed by gigabytes of whitespace). A response larger than
+// max is an error, and the last good set stays in use.
 type limitedTransport struct {
 	rt  http.RoundTripper
 	max int64
@@ -411,25 +420,18 @@ func (t limitedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp.Body = &limitedBody{rc: resp.Body, left: t.max}
+	defer resp.Body.Close()
+	if resp.ContentLength > t.max {
+		return nil, fmt.Errorf("JWK Set response larger than %d bytes", t.max)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, t.max+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading JWK Set response: %v", err)
+	}
+	if int64(len(body)) > t.max {
+		return nil, fmt.Errorf("JWK Set response larger than %d bytes", t.max)
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(body))
+	resp.ContentLength = int64(len(body))
 	return resp, nil
 }
-
-type limitedBody struct {
-	rc   io.ReadCloser
-	left int64
-}
-
-func (b *limitedBody) Read(p []byte) (int, error) {
-	if b.left <= 0 {
-		return 0, fmt.Errorf("JWK Set response larger than %d bytes", maxJWKSBody)
-	}
-	if int64(len(p)) > b.left {
-		p = p[:b.left]
-	}
-	n, err := b.rc.Read(p)
-	b.left -= int64(n)
-	return n, err
-}
-
-func (b *limitedBody) Close() error { return b.rc.Close() }

@@ -77,6 +77,13 @@ http://127.0.0.1:%d {
 			_ = outcome(t, c, resp, err)
 		}
 	}
+	// Caddy writes an access log entry when the handler returns, which for
+	// a WebSocket is after the tunnel closed: wait for all nine.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if data, _ := os.ReadFile(access); strings.Count(string(data), `"uri":"/ws`) >= 9 {
+			break
+		}
+	}
 	if err := caddyStop(); err != nil { // flushes and closes the log files
 		t.Fatal(err)
 	}

@@ -68,9 +68,11 @@ func (h *Handler) checkOrigin(r *http.Request) (reason, error) {
 }
 
 // accepted logs the decision and makes the identity's placeholders
-// available to the handlers that follow.
+// available to the handlers that follow. Acceptances are logged at DEBUG:
+// at INFO the log write would be the largest cost of a handshake, and
+// Caddy's access log already records accepted requests with their user_id.
 func (h *Handler) accepted(r *http.Request, src *tokenSource, id *identity) {
-	if c := h.logger.Check(zapcore.InfoLevel, "websocket authenticated"); c != nil {
+	if c := h.logger.Check(zapcore.DebugLevel, "websocket authenticated"); c != nil {
 		c.Write(h.logFields(r, src, id)...)
 	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
