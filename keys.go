@@ -7,19 +7,26 @@ import (
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
+	"crypto/hmac"
 	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/sha512"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"net/http"
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"time"
+	"unsafe"
 
+	"github.com/MicahParks/jwkset"
 	"github.com/MicahParks/keyfunc/v3"
 	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/zap"
@@ -88,7 +95,7 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (*keyring, erro
 			logger.Warn("HMAC secret is shorter than 32 bytes; use a long random secret", zap.Int("secret", i+1))
 		}
 		for _, alg := range hmacAlgs {
-			add(alg, secret)
+			add(alg, newHMACKey(alg, secret))
 		}
 	}
 
@@ -205,10 +212,10 @@ func (k *keyring) allowedAlgorithms(configured []string) ([]string, error) {
 	return configured, nil
 }
 
-// lookup is the jwt.Keyfunc. It never touches the network except through a
-// key set's rate-limited refetch for an unknown kid.
-func (k *keyring) lookup(t *jwt.Token) (any, error) {
-	alg := t.Method.Alg()
+// lookup returns the key, or a jwt.VerificationKeySet of keys, that may
+// verify a token of alg with the header kid. It never touches the network
+// except through a key set's rate-limited refetch for an unknown kid.
+func (k *keyring) lookup(alg, kid string) (any, error) {
 	static := k.static[alg]
 	if len(k.sets) == 0 || !slices.Contains(k.setAlgs, alg) {
 		if static == nil {
@@ -217,7 +224,6 @@ func (k *keyring) lookup(t *jwt.Token) (any, error) {
 		return static, nil
 	}
 
-	kid, _ := t.Header["kid"].(string)
 	if kid != "" {
 		for _, kf := range k.sets {
 			jwk, err := kf.Storage().KeyRead(k.ctx, kid)
@@ -225,11 +231,11 @@ func (k *keyring) lookup(t *jwt.Token) (any, error) {
 				continue
 			}
 			if a := jwk.Marshal().ALG.String(); a != "" && a != alg {
-				return nil, fmt.Errorf("key %q is for %s, token uses %s", kid, a, alg)
+				return nil, fmt.Errorf("key %q is for %s, token uses %s", truncate(kid, 64), a, alg)
 			}
-			key := publicOf(jwk.Key())
-			if !keyFits(alg, key) {
-				return nil, fmt.Errorf("key %q cannot verify %s", kid, alg)
+			key, ok := k.setKey(kf, jwk, alg)
+			if !ok {
+				return nil, fmt.Errorf("key %q cannot verify %s", truncate(kid, 64), alg)
 			}
 			return key, nil
 		}
@@ -239,7 +245,7 @@ func (k *keyring) lookup(t *jwt.Token) (any, error) {
 		if k.unfetched() {
 			return nil, errKeysUnavailable
 		}
-		return nil, fmt.Errorf("unknown kid %q", kid)
+		return nil, fmt.Errorf("unknown kid %q", truncate(kid, 64))
 	}
 
 	// No kid: try every key that fits the algorithm.
@@ -257,7 +263,10 @@ func (k *keyring) lookup(t *jwt.Token) (any, error) {
 			continue
 		}
 		for _, jwk := range all {
-			if key := publicOf(jwk.Key()); keyFits(alg, key) {
+			if a := jwk.Marshal().ALG.String(); a != "" && a != alg {
+				continue
+			}
+			if key, ok := k.setKey(kf, jwk, alg); ok {
 				set.Keys = append(set.Keys, key)
 			}
 		}
@@ -269,6 +278,24 @@ func (k *keyring) lookup(t *jwt.Token) (any, error) {
 		return nil, errNoKey
 	}
 	return set, nil
+}
+
+// setKey returns the public key of a key set's JWK if it may verify alg:
+// a signing key ("use" absent or "sig") of the matching type, an RSA key of
+// at least 2048 bits, and a symmetric key only from a local file, since a
+// secret served over HTTP is no secret.
+func (k *keyring) setKey(kf keyfunc.Keyfunc, jwk jwkset.JWK, alg string) (any, bool) {
+	if use := jwk.Marshal().USE; use != "" && use != jwkset.UseSig {
+		return nil, false
+	}
+	key := publicOf(jwk.Key())
+	if _, sym := key.([]byte); sym && slices.Contains(k.remote, kf) {
+		return nil, false
+	}
+	if rk, ok := key.(*rsa.PublicKey); ok && rk.N.BitLen() < minRSABits {
+		return nil, false
+	}
+	return key, keyFits(alg, key)
 }
 
 // unfetched reports whether a remote key set holds no key yet, that is
@@ -306,6 +333,8 @@ func keyFits(alg string, key any) bool {
 	switch k := key.(type) {
 	case []byte:
 		return slices.Contains(hmacAlgs, alg)
+	case *hmacKey:
+		return k.alg == alg
 	case *rsa.PublicKey:
 		return slices.Contains(rsaAlgs, alg)
 	case *ecdsa.PublicKey:
@@ -326,6 +355,42 @@ func algsForKey(key any) []string {
 		return eddsaAlgs
 	}
 	return nil
+}
+
+// hmacKey is an HMAC secret for one algorithm, with a pool of keyed
+// hashes: hmac.New costs allocations and two hash blocks that Reset on a
+// used hash does not.
+type hmacKey struct {
+	alg  string
+	pool sync.Pool
+}
+
+func newHMACKey(alg string, secret []byte) *hmacKey {
+	var hf func() hash.Hash
+	switch alg {
+	case "HS256":
+		hf = sha256.New
+	case "HS384":
+		hf = sha512.New384
+	default:
+		hf = sha512.New
+	}
+	k := &hmacKey{alg: alg}
+	k.pool.New = func() any { return hmac.New(hf, secret) }
+	return k
+}
+
+// verify reports, in constant time, whether sig is the MAC of input.
+func (k *hmacKey) verify(input string, sig []byte) bool {
+	m := k.pool.Get().(hash.Hash)
+	m.Reset()
+	// Write does not keep or modify its argument (io.Writer's contract),
+	// so the string's bytes are passed without a copy.
+	m.Write(unsafe.Slice(unsafe.StringData(input), len(input)))
+	var buf [sha512.Size]byte
+	ok := hmac.Equal(m.Sum(buf[:0]), sig)
+	k.pool.Put(m)
+	return ok
 }
 
 // decodeSecret turns a configured secret into key bytes.

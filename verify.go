@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unsafe"
 
 	"github.com/golang-jwt/jwt/v5"
 )
@@ -44,16 +45,6 @@ type tokenClaims struct {
 	Scope     scopeList   `json:"scope"`
 	Scp       scopeList   `json:"scp"`
 }
-
-// The jwt.Claims methods. The parser is told not to validate claims: the
-// handler checks the times itself (checkTimes), on values decoded without
-// an allocation each.
-func (c *tokenClaims) GetExpirationTime() (*jwt.NumericDate, error) { return nil, nil }
-func (c *tokenClaims) GetNotBefore() (*jwt.NumericDate, error)      { return nil, nil }
-func (c *tokenClaims) GetIssuedAt() (*jwt.NumericDate, error)       { return nil, nil }
-func (c *tokenClaims) GetAudience() (jwt.ClaimStrings, error)       { return nil, nil }
-func (c *tokenClaims) GetIssuer() (string, error)                   { return c.Issuer.s, nil }
-func (c *tokenClaims) GetSubject() (string, error)                  { return c.Subject.s, nil }
 
 // numericDate is a JSON NumericDate (RFC 7519, section 2): seconds since
 // the epoch, possibly fractional.
@@ -219,20 +210,63 @@ func (s scopeList) grants(want string) bool {
 
 // verify parses and checks token, filling id. It returns the reason the
 // token is refused, with the error behind it for the log, or ok.
+//
+// The compact JWS is parsed here rather than by jwt.Parser, which decodes
+// the header into a map and the claims before checking the signature: the
+// header is decoded into two fields, the signature is checked with
+// golang-jwt's signing methods (HMAC with a pooled keyed hash), and only
+// then are the claims decoded, into fixed fields.
 func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
 	if len(token) > h.maxToken {
 		return reasonInvalid, false, errTooLarge
 	}
-	_, err := h.parser.ParseWithClaims(token, &id.claims, h.keys.lookup)
+	i := strings.IndexByte(token, '.')
+	j := strings.LastIndexByte(token, '.')
+	if i <= 0 || j <= i+1 || j == len(token)-1 || strings.IndexByte(token[i+1:j], '.') >= 0 {
+		return reasonInvalid, false, errMalformed
+	}
+	headerSeg, payloadSeg, sigSeg := token[:i], token[i+1:j], token[j+1:]
+
+	var hdr struct {
+		Alg  string          `json:"alg"`
+		Kid  string          `json:"kid"`
+		Crit json.RawMessage `json:"crit"`
+	}
+	var buf [512]byte
+	raw, err := decodeSegment(buf[:0], headerSeg)
+	if err != nil || json.Unmarshal(raw, &hdr) != nil {
+		return reasonInvalid, false, errMalformed
+	}
+	if hdr.Crit != nil {
+		// Extensions the token says must be understood: we know none.
+		return reasonInvalid, false, errCrit
+	}
+	method := h.methods[hdr.Alg]
+	if method == nil {
+		return reasonInvalid, false, errAlg
+	}
+	key, err := h.keys.lookup(hdr.Alg, hdr.Kid)
 	if err != nil {
 		if errors.Is(err, errKeysUnavailable) {
 			return reasonUnavailable, false, err
 		}
 		return reasonInvalid, false, err
 	}
-	// Claims are decoded before the signature is checked; they are only
-	// worth anything (to a log, say) from here on.
+	sig, err := decodeSegment(buf[:0], sigSeg)
+	if err != nil {
+		return reasonInvalid, false, errMalformed
+	}
+	if !verifySignature(method, token[:j], sig, key) {
+		return reasonInvalid, false, errSignature
+	}
+	// Claims are only worth anything (to a log, say) from here on.
 	id.verified = true
+	id.payload = payloadSeg
+
+	raw, err = decodeSegment(buf[:0], payloadSeg)
+	if err != nil || json.Unmarshal(raw, &id.claims) != nil {
+		return reasonInvalid, false, errMalformed
+	}
 	c := &id.claims
 	if rsn, err := c.checkTimes(now(), time.Duration(h.Leeway)); err != nil {
 		return rsn, false, err
@@ -242,13 +276,6 @@ func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
 	}
 	if len(h.audiences) > 0 && !c.Audience.containsAny(h.audiences) {
 		return reasonInvalid, false, errAudience
-	}
-
-	// The payload segment, kept for claims decoded later.
-	if i := strings.IndexByte(token, '.'); i >= 0 {
-		if j := strings.IndexByte(token[i+1:], '.'); j >= 0 {
-			id.payload = token[i+1 : i+1+j]
-		}
 	}
 
 	if h.needMap {
@@ -278,11 +305,40 @@ func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
 	return 0, true, nil
 }
 
+// decodeSegment appends the base64url (unpadded) decoding of seg to dst.
+func decodeSegment(dst []byte, seg string) ([]byte, error) {
+	return base64.RawURLEncoding.AppendDecode(dst, unsafe.Slice(unsafe.StringData(seg), len(seg)))
+}
+
+// verifySignature checks sig over input with key, or with any key of a
+// jwt.VerificationKeySet.
+func verifySignature(m jwt.SigningMethod, input string, sig []byte, key any) bool {
+	if set, ok := key.(jwt.VerificationKeySet); ok {
+		for _, k := range set.Keys {
+			if verifySignature(m, input, sig, k) {
+				return true
+			}
+		}
+		return false
+	}
+	if hk, ok := key.(*hmacKey); ok {
+		return hk.alg == m.Alg() && hk.verify(input, sig)
+	}
+	if !keyFits(m.Alg(), key) {
+		return false
+	}
+	return m.Verify(input, sig, key) == nil
+}
+
 var (
-	errTooLarge = errors.New("token larger than max_token_size")
-	errIssuer   = errors.New("issuer not accepted")
-	errAudience = errors.New("audience not accepted")
-	errNoUser   = errors.New("user claim missing or not a non-empty string")
+	errMalformed = errors.New("malformed token")
+	errCrit      = errors.New("token has critical header extensions")
+	errAlg       = errors.New("signing algorithm not accepted")
+	errSignature = errors.New("signature invalid")
+	errTooLarge  = errors.New("token larger than max_token_size")
+	errIssuer    = errors.New("issuer not accepted")
+	errAudience  = errors.New("audience not accepted")
+	errNoUser    = errors.New("user claim missing or not a non-empty string")
 
 	errNoExp       = errors.New("token has no exp")
 	errExpired     = errors.New("token expired")
