@@ -250,6 +250,10 @@ func TestAttackTokens(t *testing.T) {
 		// put a kid in every token, and users configure their PEM key).
 		{"unknown kid, signed by the PEM key", sign(t, jwt.SigningMethodRS256, keys.rsa, atkClaims(), "no-such-kid"), "accepted"},
 		{"unknown kid, signed by another key", sign(t, jwt.SigningMethodRS256, evil.rsa, atkClaims(), "no-such-kid"), "invalid"},
+		// A critical header extension must be understood (RFC 7515, 4.1.11):
+		// we understand none, so even a correctly signed token is refused.
+		{"crit header, correctly signed", signRawJWT(t, "RS256", keys.rsa, map[string]any{"crit": []string{"exp"}}, mustJSON(atkClaims())), "invalid"},
+		{"correctly signed via signRawJWT (control)", signRawJWT(t, "RS256", keys.rsa, nil, mustJSON(atkClaims())), "accepted"},
 
 		// alg none, in any spelling, with or without a signature.
 		{"alg none", forgeToken(`{"alg":"none"}`, atkClaims(), nil), "invalid"},
