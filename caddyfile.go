@@ -57,6 +57,9 @@ func parseCaddyfile(helper httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 //		reject close|status
 //		close_code <reason> <code>
 //		strip_token on|off
+//
+//		rate_limit handshakes <n>/<duration> [per ip|user]
+//		blocklist_file <path>
 //	}
 //
 // token_source, secret, public_key, jwks, jwks_file, algorithms, issuer,
@@ -314,7 +317,47 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.StripToken = &on
 
-		case "rate_limit", "max_connections_per_user", "max_message_size", "blocklist_file",
+		case "rate_limit":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Errf("rate_limit: want handshakes <n>/<duration> [per ip|user]")
+			}
+			if args[0] != "handshakes" {
+				if args[0] == "messages" {
+					return d.Errf("rate_limit messages: not available in this version of ws_auth yet")
+				}
+				return d.Errf("rate_limit: unknown kind %q (want handshakes)", args[0])
+			}
+			if h.HandshakeRate != nil {
+				return d.Errf("rate_limit handshakes: already specified")
+			}
+			if len(args) != 2 && len(args) != 4 {
+				return d.Errf("rate_limit handshakes: want <n>/<duration> [per ip|user]")
+			}
+			n, win, err := parseRate(args[1])
+			if err != nil {
+				return d.Errf("rate_limit handshakes: %v", err)
+			}
+			hr := &HandshakeRate{Events: n, Window: caddy.Duration(win)}
+			if len(args) == 4 {
+				if args[2] != "per" || (args[3] != "ip" && args[3] != "user") {
+					return d.Errf("rate_limit handshakes: want per ip or per user, not %q", strings.Join(args[2:], " "))
+				}
+				hr.Per = args[3]
+			}
+			h.HandshakeRate = hr
+
+		case "blocklist_file":
+			if err := once(opt); err != nil {
+				return err
+			}
+			v, err := oneArg(d)
+			if err != nil {
+				return err
+			}
+			h.BlocklistFile = v
+
+		case "max_connections_per_user", "max_message_size",
 			"block_after", "redis", "expire_connections", "revalidate", "refresh_message":
 			return d.Errf("%s: not available in this version of ws_auth yet", opt)
 

@@ -117,10 +117,21 @@ type Handler struct {
 	// the upstream never sees it. Default: true.
 	StripToken *bool `json:"strip_token,omitempty"`
 
+	// Limits how often handshakes may be made, per client IP or per user.
+	HandshakeRate *HandshakeRate `json:"handshake_rate,omitempty"`
+
+	// A file listing blocked token IDs (jti), users (sub) and client IPs
+	// or CIDRs, one per line, each with an optional RFC 3339 expiry. It is
+	// read again when it changes; a version that fails to parse keeps the
+	// previous list in force. A match is refused as blocked.
+	BlocklistFile string `json:"blocklist_file,omitempty"`
+
 	keys       *keyring
 	methods    map[string]jwt.SigningMethod // the allowed algorithms
 	sources    []tokenSource
 	firstMsg   *firstMessage
+	limiter    *rateLimiter
+	blocklist  *blocklistFile
 	origins    originMatcher
 	codes      [numReasons]uint16
 	issuers    []string
@@ -199,6 +210,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 	if h.AllowMissingOrigin && h.origins.empty() {
 		h.logger.Warn("allow_missing_origin has no effect without allowed_origins")
+	}
+
+	if h.HandshakeRate != nil {
+		if h.limiter, err = newRateLimiter(h.HandshakeRate); err != nil {
+			return err
+		}
+	}
+	if h.BlocklistFile != "" {
+		if h.blocklist, err = loadBlocklistFile(ctx, h.BlocklistFile, h.logger); err != nil {
+			return err
+		}
 	}
 
 	h.keys, err = loadKeys(ctx, h, h.logger)

@@ -25,7 +25,8 @@ type identity struct {
 	source  sourceKind
 	payload string
 
-	verified bool // the signature checked out
+	verified bool          // the signature checked out
+	retry    time.Duration // with rate_limited: until the next handshake may pass
 
 	all    map[string]any // every claim, decoded on first use
 	allErr error
@@ -294,12 +295,21 @@ func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
 	}
 	id.user = c.Subject.s
 
+	if h.blocklist != nil && h.blocklist.list().blockedToken(c.ID.s, id.user, now()) {
+		return reasonBlocked, false, errBlockedToken
+	}
 	if len(h.Scopes) > 0 {
 		granted := id.scopes(h.scopeClaim)
 		for _, want := range h.Scopes {
 			if !granted.grants(want) {
 				return reasonForbidden, false, errors.New("scope not granted: " + want)
 			}
+		}
+	}
+	if h.limiter != nil && h.limiter.perUser {
+		if ok, wait := h.limiter.allow(id.user, now()); !ok {
+			id.retry = wait
+			return reasonRateLimited, false, errRateUser
 		}
 	}
 	return 0, true, nil

@@ -23,7 +23,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	id := new(identity)
-	if rsn, err := h.checkOrigin(r); err != nil {
+	if rsn, err := h.checkClient(w, r); err != nil {
 		h.logRejection(r, rsn, nil, id, err)
 		return h.reject(w, r, rsn, "")
 	}
@@ -37,6 +37,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	if rsn, ok, detail := h.verify(token, id); !ok {
 		h.logRejection(r, rsn, src, id, detail)
+		if rsn == reasonRateLimited {
+			w.Header().Set("Retry-After", retryAfter(id.retry))
+		}
 		return h.reject(w, r, rsn, token)
 	}
 	id.source = src.kind
@@ -51,18 +54,31 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	return next.ServeHTTP(w, r)
 }
 
-// checkOrigin applies allowed_origins.
-func (h *Handler) checkOrigin(r *http.Request) (reason, error) {
-	if h.origins.empty() {
+// checkClient runs the checks that need no token, cheapest first: the
+// origin, the client IP on the blocklist, and the handshake rate per IP.
+func (h *Handler) checkClient(w http.ResponseWriter, r *http.Request) (reason, error) {
+	if !h.origins.empty() {
+		origin := r.Header["Origin"]
+		if len(origin) == 0 {
+			if !h.AllowMissingOrigin {
+				return reasonOrigin, errNoOrigin
+			}
+		} else if !h.origins.allowed(origin[0]) {
+			return reasonOrigin, errOriginNotAllowed
+		}
+	}
+	if h.blocklist == nil && (h.limiter == nil || h.limiter.perUser) {
 		return 0, nil
 	}
-	origin := r.Header["Origin"]
-	if len(origin) == 0 {
-		if !h.AllowMissingOrigin {
-			return reasonOrigin, errNoOrigin
+	ip := clientIP(r)
+	if h.blocklist != nil && h.blocklist.list().blockedIP(ip, now()) {
+		return reasonBlocked, errBlockedIP
+	}
+	if h.limiter != nil && !h.limiter.perUser {
+		if ok, wait := h.limiter.allow(ip, now()); !ok {
+			w.Header().Set("Retry-After", retryAfter(wait))
+			return reasonRateLimited, errRateIP
 		}
-	} else if !h.origins.allowed(origin[0]) {
-		return reasonOrigin, errOriginNotAllowed
 	}
 	return 0, nil
 }
@@ -127,7 +143,7 @@ func (h *Handler) logRejection(r *http.Request, rsn reason, src *tokenSource, id
 
 // logFields are the audit fields of a decision: never the token or a key.
 func (h *Handler) logFields(r *http.Request, src *tokenSource, id *identity) []zap.Field {
-	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	ip := clientIP(r)
 	fields := make([]zap.Field, 0, 9)
 	fields = append(fields,
 		zap.String("remote_ip", ip),
@@ -156,6 +172,10 @@ func truncate(s string, n int) string {
 var (
 	errNoOrigin         = errString("no Origin header")
 	errOriginNotAllowed = errString("origin not allowed")
+	errBlockedIP        = errString("client IP blocked")
+	errBlockedToken     = errString("token or user blocked")
+	errRateIP           = errString("handshake rate of the client IP exceeded")
+	errRateUser         = errString("handshake rate of the user exceeded")
 )
 
 type errString string

@@ -1,0 +1,215 @@
+package wsauth
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// The blocklist file: one entry a line, "#" starts a comment.
+//
+//	jti:<token id> [<RFC 3339 expiry>]
+//	sub:<user>     [<RFC 3339 expiry>]
+//	ip:<address or CIDR> [<RFC 3339 expiry>]
+//
+// The file is read at provision (an error there fails the config) and read
+// again when its size or modification time changes; a version that fails to
+// parse keeps the previous list in force and logs the line that failed.
+
+const (
+	// maxBlocklistFile bounds what is read of a blocklist file.
+	maxBlocklistFile = 16 << 20
+)
+
+// blocklistPoll is how often the file is checked for changes; a variable
+// to be shortened by tests.
+var blocklistPoll = 2 * time.Second
+
+// blockSet is one parsed version of the list. Zero expiry: no expiry.
+type blockSet struct {
+	jti   map[string]time.Time
+	sub   map[string]time.Time
+	addrs map[netip.Addr]time.Time // single addresses
+	nets  []blockedPrefix          // wider prefixes
+}
+
+type blockedPrefix struct {
+	prefix  netip.Prefix
+	expires time.Time
+}
+
+func live(expires time.Time, now time.Time) bool {
+	return expires.IsZero() || now.Before(expires)
+}
+
+// blockedToken reports whether the token's jti or user is listed.
+func (b *blockSet) blockedToken(jti, user string, now time.Time) bool {
+	if exp, ok := b.jti[jti]; ok && jti != "" && live(exp, now) {
+		return true
+	}
+	exp, ok := b.sub[user]
+	return ok && live(exp, now)
+}
+
+// blockedIP reports whether ip is listed, alone or in a prefix.
+func (b *blockSet) blockedIP(ip string, now time.Time) bool {
+	if len(b.addrs) == 0 && len(b.nets) == 0 {
+		return false
+	}
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return false
+	}
+	addr = addr.Unmap()
+	if exp, ok := b.addrs[addr]; ok && live(exp, now) {
+		return true
+	}
+	for _, n := range b.nets {
+		if n.prefix.Contains(addr) && live(n.expires, now) {
+			return true
+		}
+	}
+	return false
+}
+
+// parseBlocklist reads a blocklist; an error names the line.
+func parseBlocklist(r io.Reader) (*blockSet, error) {
+	b := &blockSet{
+		jti:   make(map[string]time.Time),
+		sub:   make(map[string]time.Time),
+		addrs: make(map[netip.Addr]time.Time),
+	}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), 64<<10)
+	for line := 1; sc.Scan(); line++ {
+		text, _, _ := strings.Cut(sc.Text(), "#")
+		fields := strings.Fields(text)
+		if len(fields) == 0 {
+			continue
+		}
+		if len(fields) > 2 {
+			return nil, fmt.Errorf("line %d: want <kind>:<value> [<expiry>]", line)
+		}
+		var expires time.Time
+		if len(fields) == 2 {
+			t, err := time.Parse(time.RFC3339, fields[1])
+			if err != nil {
+				return nil, fmt.Errorf("line %d: expiry is not RFC 3339: %q", line, fields[1])
+			}
+			expires = t
+		}
+		kind, value, _ := strings.Cut(fields[0], ":")
+		if value == "" {
+			return nil, fmt.Errorf("line %d: want <kind>:<value>, kind jti, sub or ip", line)
+		}
+		switch kind {
+		case "jti":
+			b.jti[value] = expires
+		case "sub":
+			b.sub[value] = expires
+		case "ip":
+			if strings.Contains(value, "/") {
+				p, err := netip.ParsePrefix(value)
+				if err != nil {
+					return nil, fmt.Errorf("line %d: invalid CIDR %q", line, value)
+				}
+				p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked()
+				if p.IsSingleIP() {
+					b.addrs[p.Addr()] = expires
+				} else {
+					b.nets = append(b.nets, blockedPrefix{p, expires})
+				}
+				continue
+			}
+			a, err := netip.ParseAddr(value)
+			if err != nil {
+				return nil, fmt.Errorf("line %d: invalid IP address %q", line, value)
+			}
+			b.addrs[a.Unmap()] = expires
+		default:
+			return nil, fmt.Errorf("line %d: unknown kind %q (want jti, sub or ip)", line, kind)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("reading: %v", err)
+	}
+	return b, nil
+}
+
+// blocklistFile is a blocklist file kept up to date.
+type blocklistFile struct {
+	path    string
+	cur     atomic.Pointer[blockSet]
+	modTime time.Time
+	size    int64
+	logger  *zap.Logger
+}
+
+func loadBlocklistFile(ctx context.Context, path string, logger *zap.Logger) (*blocklistFile, error) {
+	bf := &blocklistFile{path: path, logger: logger}
+	if err := bf.reload(); err != nil {
+		return nil, fmt.Errorf("blocklist_file %s: %v", path, err)
+	}
+	go bf.watch(ctx)
+	return bf, nil
+}
+
+func (bf *blocklistFile) list() *blockSet { return bf.cur.Load() }
+
+// watch reads the file again when it changes, until ctx is done.
+func (bf *blocklistFile) watch(ctx context.Context) {
+	t := time.NewTicker(blocklistPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fi, err := os.Stat(bf.path)
+		if err != nil {
+			bf.logger.Error("blocklist file unreadable; keeping the previous list", zap.String("file", bf.path), zap.Error(err))
+			continue
+		}
+		if fi.ModTime().Equal(bf.modTime) && fi.Size() == bf.size {
+			continue
+		}
+		if err := bf.reload(); err != nil {
+			bf.logger.Error("blocklist file not loaded; keeping the previous list", zap.String("file", bf.path), zap.Error(err))
+			continue
+		}
+		bf.logger.Info("blocklist file reloaded", zap.String("file", bf.path))
+	}
+}
+
+// reload reads and parses the file, and puts it in force if it parses. The
+// file's stat is recorded either way, so a bad version is reported once.
+func (bf *blocklistFile) reload() error {
+	f, err := os.Open(bf.path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	bf.modTime, bf.size = fi.ModTime(), fi.Size()
+	if fi.Size() > maxBlocklistFile {
+		return fmt.Errorf("larger than %d bytes", maxBlocklistFile)
+	}
+	set, err := parseBlocklist(io.LimitReader(f, maxBlocklistFile))
+	if err != nil {
+		return err
+	}
+	bf.cur.Store(set)
+	return nil
+}

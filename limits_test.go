@@ -1,0 +1,193 @@
+package wsauth
+
+import (
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// TestBlockedAndRateLimited completes the table of TestRejections with the
+// two reasons that need state: blocked (1008 / 403) and rate_limited
+// (1013 / 429 with Retry-After), in both modes, through a real Caddy.
+func TestBlockedAndRateLimited(t *testing.T) {
+	list := filepath.Join(t.TempDir(), "blocklist.txt")
+	past := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
+	future := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	if err := os.WriteFile(list, []byte(`# blocked for the test
+sub:mallory
+jti:jti-revoked   `+future+`
+sub:paroled       `+past+` # expired: no longer blocked
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []string{"close", "status"} {
+		t.Run(mode, func(t *testing.T) {
+			up := newUpstream(t)
+			addr := startCaddy(t, site("blocklist_file "+list+"\n\t\trate_limit handshakes 2/1h per user\n\t\treject "+mode), up.addr())
+			try := func(user string, mods ...func(jwt.MapClaims)) (string, string) {
+				c, resp, err := dial(addr, "/ws", dialOpts{query: "token=" + hs256(t, claims(user, mods...))})
+				got := outcome(t, c, resp, err)
+				return got, resp.Header.Get("Retry-After")
+			}
+			want := func(code, status string) string {
+				if mode == "close" {
+					return code
+				}
+				return status
+			}
+			if got, _ := try("mallory"); got != want("close 1008 blocked", "status 403") {
+				t.Errorf("blocked user: %s", got)
+			}
+			if got, _ := try("alice", func(c jwt.MapClaims) { c["jti"] = "jti-revoked" }); got != want("close 1008 blocked", "status 403") {
+				t.Errorf("blocked jti: %s", got)
+			}
+			if got, _ := try("paroled"); got != "accepted" {
+				t.Errorf("user whose entry expired: %s", got)
+			}
+			for i := 1; i <= 2; i++ {
+				if got, _ := try("alice"); got != "accepted" {
+					t.Fatalf("alice's handshake %d of 2: %s", i, got)
+				}
+			}
+			got, retry := try("alice")
+			if got != want("close 1013 rate_limited", "status 429") {
+				t.Errorf("alice's third handshake: %s", got)
+			}
+			if mode == "status" {
+				if s, err := strconv.Atoi(retry); err != nil || s < 1 || s > 3600 {
+					t.Errorf("Retry-After = %q, want seconds until the next handshake (1..3600)", retry)
+				}
+			}
+			if got, _ := try("bob"); got != "accepted" {
+				t.Errorf("another user is not limited by alice's rate: %s", got)
+			}
+			// 1 paroled, 2 alice, 1 bob: nothing refused reached the upstream.
+			if n := len(up.requests()); n != 4 {
+				t.Errorf("upstream saw %d upgrades, want 4", n)
+			}
+		})
+	}
+}
+
+// TestRateLimitPerIP counts every attempt of a client IP, before the token.
+func TestRateLimitPerIP(t *testing.T) {
+	up := newUpstream(t)
+	addr := startCaddy(t, site("rate_limit handshakes 3/1h"), up.addr())
+	for i := 1; i <= 3; i++ {
+		c, resp, err := dial(addr, "/ws", dialOpts{})
+		if got := outcome(t, c, resp, err); got != "close 1008 missing" {
+			t.Fatalf("attempt %d: %s", i, got)
+		}
+	}
+	c, resp, err := dial(addr, "/ws", dialOpts{query: "token=" + hs256(t, claims("alice"))})
+	if got := outcome(t, c, resp, err); got != "close 1013 rate_limited" {
+		t.Errorf("fourth attempt from the same IP, valid token: %s", got)
+	}
+}
+
+// TestBlocklistReload: a changed file is put in force; one that does not
+// parse keeps the previous list.
+func TestBlocklistReload(t *testing.T) {
+	list := filepath.Join(t.TempDir(), "blocklist.txt")
+	if err := os.WriteFile(list, []byte("sub:nobody\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	defer func(d time.Duration) { blocklistPoll = d }(blocklistPoll)
+	blocklistPoll = 50 * time.Millisecond
+	up := newUpstream(t)
+	addr := startCaddy(t, site("blocklist_file "+list), up.addr())
+	try := func() string {
+		c, resp, err := dial(addr, "/ws", dialOpts{query: "token=" + hs256(t, claims("alice"))})
+		return outcome(t, c, resp, err)
+	}
+	if got := try(); got != "accepted" {
+		t.Fatalf("before: %s", got)
+	}
+	if err := os.WriteFile(list, []byte("sub:nobody\nsub:alice\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "alice blocked after the file changed", func() bool { return try() == "close 1008 blocked" })
+
+	// A broken version: the previous list (alice blocked) stays in force.
+	if err := os.WriteFile(list, []byte("sub:nobody\nbogus line here\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2*blocklistPoll + 500*time.Millisecond)
+	if got := try(); got != "close 1008 blocked" {
+		t.Errorf("after a broken version: %s, want the previous list in force", got)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatalf("timed out waiting for: %s", what)
+}
+
+func TestParseBlocklist(t *testing.T) {
+	b, err := parseBlocklist(strings.NewReader("ip:10.0.0.0/8\nip:2001:db8::/32 2099-01-01T00:00:00Z\nip:192.0.2.7\nip:::ffff:198.51.100.1\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := time.Now()
+	for ip, want := range map[string]bool{
+		"10.1.2.3": true, "11.0.0.1": false, "2001:db8::1": true, "2001:db9::1": false,
+		"192.0.2.7": true, "192.0.2.8": false, "198.51.100.1": true, "::ffff:10.0.0.1": true, "junk": false,
+	} {
+		if got := b.blockedIP(ip, n); got != want {
+			t.Errorf("blockedIP(%q) = %v, want %v", ip, got, want)
+		}
+	}
+	for in, line := range map[string]string{
+		"sub:a\nfoo:b\n":               "line 2",
+		"jti:\n":                       "line 1",
+		"\n\nip:300.1.1.1\n":           "line 3",
+		"ip:10.0.0.0/33\n":             "line 1",
+		"sub:a tomorrow\n":             "line 1",
+		"sub:a 2099-01-01T00:00:00Z x": "line 1",
+	} {
+		if _, err := parseBlocklist(strings.NewReader(in)); err == nil || !strings.Contains(err.Error(), line) {
+			t.Errorf("parseBlocklist(%q) = %v, want an error naming %s", in, err, line)
+		}
+	}
+}
+
+func TestRateLimiter(t *testing.T) {
+	l, err := newRateLimiter(&HandshakeRate{Events: 3, Window: caddyDuration(time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Unix(1_700_000_000, 0)
+	for i := 0; i < 3; i++ {
+		if ok, _ := l.allow("k", t0); !ok {
+			t.Fatalf("event %d of the burst refused", i+1)
+		}
+	}
+	ok, wait := l.allow("k", t0)
+	if ok || wait != 20*time.Second {
+		t.Errorf("fourth event: ok=%v wait=%v, want refused for 20s", ok, wait)
+	}
+	if ok, _ := l.allow("k", t0.Add(20*time.Second)); !ok {
+		t.Errorf("event after the wait refused")
+	}
+	// A flood of distinct keys stays bounded.
+	for i := 0; i < maxRateKeys+1000; i++ {
+		l.allow(strconv.Itoa(i), t0)
+	}
+	if n := len(l.tat); n > maxRateKeys {
+		t.Errorf("limiter holds %d keys, bound is %d", n, maxRateKeys)
+	}
+}
+
+func caddyDuration(d time.Duration) caddy.Duration { return caddy.Duration(d) }

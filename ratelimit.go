@@ -1,0 +1,133 @@
+package wsauth
+
+import (
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// HandshakeRate limits how often handshakes may be made, per client IP or
+// per user. A handshake over the limit is refused as rate_limited (close
+// 1013, or 429 with Retry-After).
+type HandshakeRate struct {
+	// How many handshakes a key may make within Window; also the burst.
+	Events int `json:"events"`
+
+	// The window the events are counted over.
+	Window caddy.Duration `json:"window"`
+
+	// What is limited: "ip" (every attempt of a client IP, counted before
+	// the token is checked) or "user" (accepted handshakes of a user).
+	// Default: ip.
+	Per string `json:"per,omitempty"`
+}
+
+// maxRateKeys bounds a limiter's map: under a flood of distinct keys it
+// forgets idle keys first, then arbitrary ones.
+const maxRateKeys = 1 << 16
+
+// rateLimiter is a generic cell rate algorithm (GCRA) limiter keyed by IP or
+// user: one theoretical arrival time per key, so that Events may arrive at
+// once and then one every Window/Events.
+type rateLimiter struct {
+	interval int64 // ns between events at the sustained rate
+	window   int64 // ns; also the burst tolerance
+	perUser  bool
+
+	mu  sync.Mutex       // guards tat
+	tat map[string]int64 // key -> theoretical arrival time, unix ns
+}
+
+func newRateLimiter(cfg *HandshakeRate) (*rateLimiter, error) {
+	if cfg.Events <= 0 || cfg.Window <= 0 {
+		return nil, fmt.Errorf("rate_limit handshakes: need a positive count and window")
+	}
+	if cfg.Per != "" && cfg.Per != "ip" && cfg.Per != "user" {
+		return nil, fmt.Errorf("rate_limit handshakes: per must be ip or user, not %q", cfg.Per)
+	}
+	return &rateLimiter{
+		interval: int64(cfg.Window) / int64(cfg.Events),
+		window:   int64(cfg.Window),
+		perUser:  cfg.Per == "user",
+		tat:      make(map[string]int64),
+	}, nil
+}
+
+// allow records an event for key at now, unless it is over the limit; then
+// it says how long until the next event would be allowed.
+func (l *rateLimiter) allow(key string, now time.Time) (bool, time.Duration) {
+	n := now.UnixNano()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t, ok := l.tat[key]
+	if t < n {
+		t = n
+	}
+	next := t + l.interval
+	if next-n > l.window {
+		return false, time.Duration(next - l.window - n)
+	}
+	if !ok && len(l.tat) >= maxRateKeys {
+		l.evict(n)
+	}
+	l.tat[key] = next
+	return true, 0
+}
+
+// evict makes room: keys whose arrival time has passed are as good as new,
+// so they go first; if that is not enough, a tenth of the map goes.
+// It must be called with l.mu held.
+func (l *rateLimiter) evict(now int64) {
+	for k, t := range l.tat {
+		if t <= now {
+			delete(l.tat, k)
+		}
+	}
+	for k := range l.tat {
+		if len(l.tat) < maxRateKeys*9/10 {
+			break
+		}
+		delete(l.tat, k)
+	}
+}
+
+// clientIP is the client's address as Caddy sees it (trusted proxies
+// applied), or the connection's peer.
+func clientIP(r *http.Request) string {
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
+		return ip
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// retryAfter is the Retry-After header value for d: whole seconds, rounded
+// up, at least 1.
+func retryAfter(d time.Duration) string {
+	return strconv.Itoa(max(1, int(math.Ceil(d.Seconds()))))
+}
+
+// parseRate parses "<n>/<duration>".
+func parseRate(s string) (int, time.Duration, error) {
+	ns, ds, ok := strings.Cut(s, "/")
+	n, err := strconv.Atoi(ns)
+	if !ok || err != nil || n <= 0 {
+		return 0, 0, fmt.Errorf("want <n>/<duration>, such as 10/1m, not %q", s)
+	}
+	d, err := caddy.ParseDuration(ds)
+	if err != nil || d <= 0 {
+		return 0, 0, fmt.Errorf("want <n>/<duration>, such as 10/1m, not %q", s)
+	}
+	return n, d, nil
+}
