@@ -252,6 +252,17 @@ func TestAttackTokens(t *testing.T) {
 		{"unknown kid, signed by another key", sign(t, jwt.SigningMethodRS256, evil.rsa, atkClaims(), "no-such-kid"), "invalid"},
 		// A critical header extension must be understood (RFC 7515, 4.1.11):
 		// we understand none, so even a correctly signed token is refused.
+		// Claim names are case-sensitive (RFC 7519, section 4): an "Exp" or
+		// "SUB" in a correctly signed token must not stand in for "exp" or
+		// "sub"; a duplicated claim or header member makes the token invalid.
+		{"expired, with a future Exp", signRawJWT(t, "RS256", keys.rsa, nil, strings.Replace(mustJSON(atkClaims(claimSet("exp", time.Now().Add(-time.Hour).Unix()))), `{`, `{"Exp":`+strconv.FormatInt(future, 10)+`,`, 1)), "expired"},
+		{"no sub, with SUB", signRawJWT(t, "RS256", keys.rsa, nil, strings.Replace(mustJSON(atkClaims(claimDel("sub"))), `{`, `{"SUB":"admin",`, 1)), "invalid"},
+		{"duplicate sub", signRawJWT(t, "RS256", keys.rsa, nil, strings.Replace(mustJSON(atkClaims()), `{`, `{"sub":"admin",`, 1)), "invalid"},
+		{"duplicate exp", signRawJWT(t, "RS256", keys.rsa, nil, strings.Replace(mustJSON(atkClaims()), `{`, `{"exp":`+strconv.FormatInt(future, 10)+`,`, 1)), "invalid"},
+		{"invalid UTF-8 in sub", signRawJWT(t, "RS256", keys.rsa, nil, strings.Replace(mustJSON(atkClaims()), `"sub":"alice"`, "\"sub\":\"alice\xff\"", 1)), "invalid"},
+		{"nbf beyond the range of time", signRawJWT(t, "RS256", keys.rsa, nil, rawPayload("nbf", "1e19")), "invalid"},
+		{"exp beyond the range of time", signRawJWT(t, "RS256", keys.rsa, nil, rawPayload("exp", "1e19")), "invalid"},
+		{"newline inside the signature", good[:len(good)-10] + "\n" + good[len(good)-10:], "invalid"},
 		{"crit header, correctly signed", signRawJWT(t, "RS256", keys.rsa, map[string]any{"crit": []string{"exp"}}, mustJSON(atkClaims())), "invalid"},
 		{"correctly signed via signRawJWT (control)", signRawJWT(t, "RS256", keys.rsa, nil, mustJSON(atkClaims())), "accepted"},
 

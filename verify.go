@@ -12,6 +12,7 @@ import (
 	"time"
 	"unsafe"
 
+	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/golang-jwt/jwt/v5"
 )
 
@@ -59,9 +60,10 @@ func (d *numericDate) UnmarshalJSON(b []byte) error {
 		*d = numericDate{}
 		return nil
 	}
-	// Integers, the usual case, without strconv's string conversion.
+	// Integers, the usual case, without strconv's string conversion; 12
+	// digits reach beyond the year 9999.
 	var n int64
-	digits := len(b) > 0 && len(b) <= 15
+	digits := len(b) > 0 && len(b) <= 12
 	for _, c := range b {
 		if c < '0' || c > '9' {
 			digits = false
@@ -69,7 +71,7 @@ func (d *numericDate) UnmarshalJSON(b []byte) error {
 		}
 		n = n*10 + int64(c-'0')
 	}
-	if digits {
+	if digits && n <= maxDate {
 		*d = numericDate{sec: float64(n), set: true}
 		return nil
 	}
@@ -77,9 +79,19 @@ func (d *numericDate) UnmarshalJSON(b []byte) error {
 	if err != nil {
 		return errors.New("date claim is not a number")
 	}
+	// time.Time cannot hold what is far beyond: 1e19 would wrap around.
+	if f < minDate || f > maxDate {
+		return errors.New("date claim out of range")
+	}
 	*d = numericDate{sec: f, set: true}
 	return nil
 }
+
+// The dates a token may carry: years 1 to 9999.
+const (
+	minDate = -62135596800
+	maxDate = 253402300799
+)
 
 func (d numericDate) time() time.Time {
 	sec, frac := math.Modf(d.sec)
@@ -217,9 +229,20 @@ func (s scopeList) grants(want string) bool {
 // header is decoded into two fields, the signature is checked with
 // golang-jwt's signing methods (HMAC with a pooled keyed hash), and only
 // then are the claims decoded, into fixed fields.
+//
+// Header and claims are decoded with the JSON v2 semantics
+// (github.com/go-json-experiment/json, the prototype of encoding/json/v2):
+// member names match exactly, as RFC 7519 requires (encoding/json would
+// fill "sub" from "SUB"), a duplicate member makes the token invalid, and
+// so does invalid UTF-8.
 func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
 	if len(token) > h.maxToken {
 		return reasonInvalid, false, errTooLarge
+	}
+	// The base64 decoder skips line breaks: refuse them, so that one token
+	// has one spelling.
+	if strings.ContainsAny(token, "\r\n") {
+		return reasonInvalid, false, errMalformed
 	}
 	i := strings.IndexByte(token, '.')
 	j := strings.LastIndexByte(token, '.')
@@ -235,7 +258,7 @@ func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
 	}
 	var buf [512]byte
 	raw, err := decodeSegment(buf[:0], headerSeg)
-	if err != nil || json.Unmarshal(raw, &hdr) != nil {
+	if err != nil || jsonv2.Unmarshal(raw, &hdr) != nil {
 		return reasonInvalid, false, errMalformed
 	}
 	if hdr.Crit != nil {
@@ -265,7 +288,7 @@ func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
 	id.payload = payloadSeg
 
 	raw, err = decodeSegment(buf[:0], payloadSeg)
-	if err != nil || json.Unmarshal(raw, &id.claims) != nil {
+	if err != nil || jsonv2.Unmarshal(raw, &id.claims) != nil {
 		return reasonInvalid, false, errMalformed
 	}
 	c := &id.claims
@@ -315,9 +338,13 @@ func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
 	return 0, true, nil
 }
 
+// b64 is base64url without padding, refusing non-zero trailing bits so that
+// a segment has one spelling.
+var b64 = base64.RawURLEncoding.Strict()
+
 // decodeSegment appends the base64url (unpadded) decoding of seg to dst.
 func decodeSegment(dst []byte, seg string) ([]byte, error) {
-	return base64.RawURLEncoding.AppendDecode(dst, unsafe.Slice(unsafe.StringData(seg), len(seg)))
+	return b64.AppendDecode(dst, unsafe.Slice(unsafe.StringData(seg), len(seg)))
 }
 
 // verifySignature checks sig over input with key, or with any key of a
