@@ -131,9 +131,20 @@ func (h *Handler) rejectStatus(w http.ResponseWriter, r reason) error {
 
 var errNotWebSocket = errors.New("not a valid websocket handshake")
 
-// isUpgrade reports whether req asks to upgrade to WebSocket.
+// isUpgrade reports whether req asks for a WebSocket: an HTTP/1.1 upgrade,
+// or an extended CONNECT over HTTP/2 or HTTP/3 (RFC 8441, RFC 9220), which
+// reverse_proxy turns into an upgrade to the upstream.
 func isUpgrade(req *http.Request) bool {
-	return headerHasToken(req.Header["Upgrade"], "websocket") && headerHasToken(req.Header["Connection"], "upgrade")
+	return headerHasToken(req.Header["Upgrade"], "websocket") && headerHasToken(req.Header["Connection"], "upgrade") ||
+		isExtendedConnect(req)
+}
+
+// isExtendedConnect reports whether req is a WebSocket over HTTP/2 or
+// HTTP/3, as reverse_proxy recognises it.
+func isExtendedConnect(req *http.Request) bool {
+	return req.Method == http.MethodConnect &&
+		(req.ProtoMajor == 2 && req.Header.Get(":protocol") == "websocket" ||
+			req.ProtoMajor == 3 && req.Proto == "websocket")
 }
 
 func headerHasToken(lines []string, token string) bool {
@@ -154,6 +165,9 @@ func headerHasToken(lines []string, token string) bool {
 // waits briefly for the client's Close and closes the connection. The
 // upstream is never involved.
 func (h *Handler) closeHandshake(w http.ResponseWriter, req *http.Request, code uint16, why, token string) error {
+	if isExtendedConnect(req) {
+		return closeStream(w, req, code, why, token)
+	}
 	conn, brw, err := acceptHandshake(w, req, token, func(b []byte) []byte {
 		return appendCloseFrame(b, code, why)
 	})
@@ -162,6 +176,26 @@ func (h *Handler) closeHandshake(w http.ResponseWriter, req *http.Request, code 
 	}
 	defer conn.Close()
 	awaitClose(brw.Reader)
+	return nil
+}
+
+// closeStream is closeHandshake for a WebSocket over HTTP/2 or HTTP/3: the
+// handshake is a 200 on the request's stream, which then carries the frames.
+func closeStream(w http.ResponseWriter, req *http.Request, code uint16, why, token string) error {
+	if proto := selectProtocol(req, token); proto != "" {
+		w.Header()["Sec-WebSocket-Protocol"] = []string{proto}
+	}
+	w.WriteHeader(http.StatusOK)
+	var buf [128]byte
+	if _, err := w.Write(appendCloseFrame(buf[:0], code, why)); err != nil {
+		return err
+	}
+	rc := http.NewResponseController(w)
+	if err := rc.Flush(); err != nil {
+		return err
+	}
+	_ = rc.SetReadDeadline(time.Now().Add(closeWait))
+	awaitClose(req.Body)
 	return nil
 }
 
@@ -229,7 +263,7 @@ func appendAccept(dst []byte, key string) []byte {
 
 // awaitClose reads frames from a refused client until its Close frame, the
 // deadline, or maxDrain bytes, whichever comes first.
-func awaitClose(br *bufio.Reader) {
+func awaitClose(br io.Reader) {
 	r := io.LimitReader(br, maxDrain)
 	var hb [maxFrameHeader]byte
 	for {

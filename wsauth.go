@@ -47,8 +47,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	if h.strip {
 		src.strip(r)
-		if src.kind == sourceSubprotocol && upgrade {
-			w = &protocolWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w}, marker: src.name}
+		for i := range h.sources {
+			// Every source that holds a token, not only the one that won:
+			// a session cookie riding along with a query token is a token
+			// too.
+			if s := &h.sources[i]; s != src && s.read(r) != "" {
+				s.strip(r)
+			}
+		}
+	}
+	if src.kind == sourceSubprotocol && upgrade {
+		w = &protocolWriter{
+			ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
+			marker:                src.name,
+			switched:              switchedStatus(r),
 		}
 	}
 	return next.ServeHTTP(w, r)
@@ -188,11 +200,21 @@ func (e errString) Error() string { return string(e) }
 // protocol although it offered some.
 type protocolWriter struct {
 	*caddyhttp.ResponseWriterWrapper
-	marker string
+	marker   string
+	switched int // the status of an accepted WebSocket handshake
+}
+
+// switchedStatus is the status with which reverse_proxy accepts r's
+// WebSocket: 101, or 200 for an extended CONNECT.
+func switchedStatus(r *http.Request) int {
+	if isExtendedConnect(r) {
+		return http.StatusOK
+	}
+	return http.StatusSwitchingProtocols
 }
 
 func (pw *protocolWriter) WriteHeader(status int) {
-	if status == http.StatusSwitchingProtocols {
+	if status == pw.switched {
 		hdr := pw.Header()
 		if len(hdr["Sec-WebSocket-Protocol"]) == 0 && len(hdr["Sec-Websocket-Protocol"]) == 0 {
 			hdr["Sec-WebSocket-Protocol"] = []string{pw.marker}

@@ -275,3 +275,55 @@ func TestBase64Secret(t *testing.T) {
 		t.Errorf("base64 secret: %s", got)
 	}
 }
+
+// TestStripEverySource: with strip_token on, tokens in the sources that
+// did not win are removed too; credentials that are not tokens stay.
+func TestStripEverySource(t *testing.T) {
+	up := newUpstream(t)
+	addr := startCaddy(t, site(`
+		token_source query
+		token_source header
+		token_source cookie session
+		allowed_origins https://app.test`), up.addr())
+	q, other := hs256(t, claims("alice")), hs256(t, claims("bob"))
+	c, resp, err := dial(addr, "/ws", dialOpts{origin: "https://app.test", query: "token=" + q, header: http.Header{
+		"Authorization": {"Bearer " + other},
+		"Cookie":        {"theme=dark; session=" + other},
+	}})
+	if got := outcome(t, c, resp, err); got != "accepted" {
+		t.Fatal(got)
+	}
+	r := up.requests()[0]
+	if all := r.URI + mustJSON(r.Header); strings.Contains(all, q) || strings.Contains(all, other) {
+		t.Errorf("a token reached the upstream: %s", all)
+	}
+	if r.Header.Get("Cookie") != "theme=dark" || r.Header.Get("X-User") != "alice" {
+		t.Errorf("upstream Cookie %q, X-User %q; want the other cookie kept and alice", r.Header.Get("Cookie"), r.Header.Get("X-User"))
+	}
+
+	// Basic credentials are not a Bearer token: they go on.
+	c, resp, err = dial(addr, "/ws", dialOpts{origin: "https://app.test", query: "token=" + q, header: http.Header{"Authorization": {"Basic dXNlcjpwdw=="}}})
+	if got := outcome(t, c, resp, err); got != "accepted" {
+		t.Fatal(got)
+	}
+	if a := up.requests()[1].Header.Get("Authorization"); a != "Basic dXNlcjpwdw==" {
+		t.Errorf("upstream Authorization = %q, want the Basic credentials", a)
+	}
+}
+
+// TestSubprotocolMarkerWithoutStrip: with strip_token off the client still
+// gets the marker selected when the upstream selects none.
+func TestSubprotocolMarkerWithoutStrip(t *testing.T) {
+	up := newUpstream(t)
+	addr := startCaddy(t, site("token_source subprotocol\n\t\tstrip_token off"), up.addr())
+	c, resp, err := dial(addr, "/ws", dialOpts{protocols: []string{"access_token", hs256(t, claims("alice"))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := resp.Header.Get("Sec-WebSocket-Protocol"); p != "access_token" {
+		t.Errorf("selected %q, want access_token", p)
+	}
+	if got := outcome(t, c, resp, err); got != "accepted" {
+		t.Error(got)
+	}
+}

@@ -1,0 +1,137 @@
+package wsauth
+
+import (
+	"crypto/tls"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/quic-go/quic-go/http3"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// TestHTTP3WebSocket: a WebSocket over HTTP/3 (RFC 9220, an extended
+// CONNECT without Upgrade headers, which reverse_proxy turns into an
+// upgrade) is authenticated like any other, also with upgrades_only, and
+// refused with a Close frame on its stream.
+func TestHTTP3WebSocket(t *testing.T) {
+	up := newUpstream(t)
+	caddyMu.Lock()
+	defer caddyMu.Unlock()
+	port := freePort(t)
+	cfg := fmt.Sprintf(`{
+	admin off
+	persist_config off
+	storage file_system %s
+	local_certs
+	skip_install_trust
+	auto_https disable_redirects
+	https_port %d
+}
+
+https://127.0.0.1:%d {
+	tls internal
+	route /only/* {
+		ws_auth {
+			secret %s
+			upgrades_only
+		}
+		reverse_proxy %s {
+			header_up X-User {http.auth.user.id}
+		}
+	}
+	route /status/* {
+		ws_auth {
+			secret %s
+			reject status
+		}
+		reverse_proxy %s
+	}
+}`, t.TempDir(), port, port, testSecret, up.addr(), testSecret, up.addr())
+	if err := loadCaddyfile(cfg); err != nil {
+		t.Fatal(err)
+	}
+	defer caddy.Stop()
+
+	tr := &http3.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h3"}}}
+	defer tr.Close()
+	connect := func(path string) (*http.Response, *io.PipeWriter) {
+		t.Helper()
+		pr, pw := io.Pipe()
+		u, _ := url.Parse(fmt.Sprintf("https://127.0.0.1:%d%s", port, path))
+		req := &http.Request{Method: http.MethodConnect, Proto: "websocket", URL: u, Host: u.Host,
+			Header: http.Header{"Sec-Websocket-Version": {"13"}}, Body: pr}
+		var resp *http.Response
+		var err error
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+			if resp, err = tr.RoundTrip(req); err == nil {
+				return resp, pw
+			}
+		}
+		t.Fatalf("HTTP/3 CONNECT %s: %v", path, err)
+		return nil, nil
+	}
+	// readFrame reads one unmasked server frame: opcode and payload.
+	readFrame := func(r io.Reader) (byte, []byte) {
+		t.Helper()
+		var h [2]byte
+		if _, err := io.ReadFull(r, h[:]); err != nil {
+			t.Fatalf("reading a frame: %v", err)
+		}
+		p := make([]byte, h[1]&0x7f)
+		if _, err := io.ReadFull(r, p); err != nil {
+			t.Fatalf("reading a frame: %v", err)
+		}
+		return h[0] & 0x0f, p
+	}
+	closeOf := func(path string) string {
+		resp, pw := connect(path)
+		defer pw.Close()
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Sprintf("status %d", resp.StatusCode)
+		}
+		op, p := readFrame(resp.Body)
+		if op != opClose || len(p) < 2 {
+			return fmt.Sprintf("frame op %d % x", op, p)
+		}
+		return fmt.Sprintf("close %d %s", binary.BigEndian.Uint16(p), p[2:])
+	}
+
+	if got := closeOf("/only/ws"); got != "close 1008 missing" {
+		t.Errorf("upgrades_only, HTTP/3 WebSocket without a token: %s", got)
+	}
+	expired := hs256(t, claims("alice", func(c jwt.MapClaims) { c["exp"] = time.Now().Add(-time.Minute).Unix() }))
+	if got := closeOf("/only/ws?token=" + expired); got != "close 4001 expired" {
+		t.Errorf("expired token over HTTP/3: %s", got)
+	}
+	if got := closeOf("/status/ws"); got != "status 401" {
+		t.Errorf("reject status over HTTP/3: %s", got)
+	}
+	if n := len(up.requests()); n != 0 {
+		t.Fatalf("refused HTTP/3 WebSockets reached the upstream %d times", n)
+	}
+
+	// Accepted: the upstream gets an upgrade with the user, and echoes.
+	resp, pw := connect("/only/ws?token=" + hs256(t, claims("alice")))
+	defer pw.Close()
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("valid token over HTTP/3: status %d", resp.StatusCode)
+	}
+	if _, err := pw.Write([]byte{0x81, 0x82, 1, 2, 3, 4, 'h' ^ 1, 'i' ^ 2}); err != nil {
+		t.Fatal(err)
+	}
+	if op, p := readFrame(resp.Body); op != opText || string(p) != "hi" {
+		t.Errorf("echo over HTTP/3: op %d %q", op, p)
+	}
+	if r := up.requests(); len(r) != 1 || r[0].Header.Get("X-User") != "alice" {
+		t.Errorf("upstream requests %v, want one with X-User alice", r)
+	}
+}
