@@ -132,7 +132,7 @@ func benchServeWant(b *testing.B, h *Handler, target string, wantNext bool) {
 		if wantNext && (err != nil || !called) {
 			b.Fatalf("not accepted: %v", err)
 		}
-		if !wantNext && (err == nil || called) {
+		if !wantNext && (err != nil || called || w.Code != http.StatusUnauthorized) {
 			b.Fatal("not refused")
 		}
 	}

@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"go.uber.org/zap"
-
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // reason is why a request is refused; each has a close code (overridable
@@ -115,6 +113,11 @@ func (h *Handler) reject(w http.ResponseWriter, req *http.Request, r reason, tok
 	return h.rejectStatus(w, r)
 }
 
+// rejectStatus answers with the reason's HTTP status. It writes the status
+// itself rather than returning a caddyhttp.Error: Caddy logs the request
+// of a handler error, query string and Sec-WebSocket-Protocol included, to
+// its error log, which the access log's filters do not cover, and that
+// request holds the token.
 func (h *Handler) rejectStatus(w http.ResponseWriter, r reason) error {
 	switch r {
 	case reasonMissing:
@@ -126,7 +129,8 @@ func (h *Handler) rejectStatus(w http.ResponseWriter, r reason) error {
 	case reasonForbidden:
 		w.Header().Set("WWW-Authenticate", h.insufficientScope)
 	}
-	return caddyhttp.Error(reasons[r].status, errors.New(r.String()))
+	w.WriteHeader(reasons[r].status)
+	return nil
 }
 
 var errNotWebSocket = errors.New("not a valid websocket handshake")

@@ -171,6 +171,13 @@ func (s *tokenSource) strip(r *http.Request) {
 	switch s.kind {
 	case sourceQuery:
 		r.URL.RawQuery = removeQueryParam(r.URL.RawQuery, s.name)
+		// Caddy's handlers log RequestURI, not URL.
+		if path, _, ok := strings.Cut(r.RequestURI, "?"); ok {
+			if r.URL.RawQuery != "" {
+				path += "?" + r.URL.RawQuery
+			}
+			r.RequestURI = path
+		}
 	case sourceHeader:
 		r.Header.Del(s.name)
 	case sourceCookie:
