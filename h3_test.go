@@ -61,21 +61,29 @@ https://127.0.0.1:%d {
 
 	tr := &http3.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h3"}}}
 	defer tr.Close()
+	// Wait until the HTTP/3 listener answers.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		u, _ := url.Parse(fmt.Sprintf("https://127.0.0.1:%d/", port))
+		resp, err := tr.RoundTrip(&http.Request{Method: http.MethodGet, URL: u, Host: u.Host, Header: http.Header{}})
+		if err == nil {
+			resp.Body.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("HTTP/3 listener: %v", err)
+		}
+	}
 	connect := func(path string) (*http.Response, *io.PipeWriter) {
 		t.Helper()
 		pr, pw := io.Pipe()
 		u, _ := url.Parse(fmt.Sprintf("https://127.0.0.1:%d%s", port, path))
 		req := &http.Request{Method: http.MethodConnect, Proto: "websocket", URL: u, Host: u.Host,
 			Header: http.Header{"Sec-Websocket-Version": {"13"}}, Body: pr}
-		var resp *http.Response
-		var err error
-		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-			if resp, err = tr.RoundTrip(req); err == nil {
-				return resp, pw
-			}
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("HTTP/3 CONNECT %s: %v", path, err)
 		}
-		t.Fatalf("HTTP/3 CONNECT %s: %v", path, err)
-		return nil, nil
+		return resp, pw
 	}
 	// readFrame reads one unmasked server frame: opcode and payload.
 	readFrame := func(r io.Reader) (byte, []byte) {
