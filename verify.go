@@ -27,6 +27,7 @@ type identity struct {
 	payload string
 
 	verified bool          // the signature checked out
+	granted  scopeList     // the scopes the token grants, from the configured claim
 	retry    time.Duration // with rate_limited: until the next handshake may pass
 
 	all    map[string]any // every claim, decoded on first use
@@ -292,6 +293,21 @@ func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
 		return reasonInvalid, false, errMalformed
 	}
 	c := &id.claims
+	// The configured user and scope claims, when they are not among the
+	// fixed fields, take the place of sub and scope.
+	if h.needMap {
+		if h.userClaim != "sub" {
+			c.Subject = optString{}
+			// Only a string names a user (the contract), not a
+			// number or an object.
+			if v, ok := id.claim(h.userClaim); ok {
+				c.Subject.s, c.Subject.ok = v.(string)
+			}
+		}
+		if h.scopeClaim != "" && h.scopeClaim != "scope" && h.scopeClaim != "scp" {
+			c.Scope, c.Scp = scopeFromAny(id.lookup(h.scopeClaim)), scopeList{}
+		}
+	}
 	if rsn, err := c.checkTimes(now(), time.Duration(h.Leeway)); err != nil {
 		return rsn, false, err
 	}
@@ -302,17 +318,6 @@ func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
 		return reasonInvalid, false, errAudience
 	}
 
-	if h.needMap {
-		if h.userClaim != "sub" {
-			c.Subject = optString{}
-			if v, ok := id.claim(h.userClaim); ok {
-				c.Subject.s, c.Subject.ok = v.(string)
-			}
-		}
-		if h.scopeClaim != "" && h.scopeClaim != "scope" && h.scopeClaim != "scp" {
-			c.Scope, c.Scp = scopeFromAny(id.lookup(h.scopeClaim)), scopeList{}
-		}
-	}
 	if !c.Subject.ok || c.Subject.s == "" {
 		return reasonInvalid, false, errNoUser
 	}
@@ -321,10 +326,10 @@ func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
 	if h.blocklist != nil && h.blocklist.list().blockedToken(c.ID.s, id.user, now()) {
 		return reasonBlocked, false, errBlockedToken
 	}
+	id.granted = id.scopes(h.scopeClaim)
 	if len(h.Scopes) > 0 {
-		granted := id.scopes(h.scopeClaim)
 		for _, want := range h.Scopes {
-			if !granted.grants(want) {
+			if !id.granted.grants(want) {
 				return reasonForbidden, false, errors.New("scope not granted: " + want)
 			}
 		}

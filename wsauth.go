@@ -119,11 +119,7 @@ func (id *identity) placeholder(key string) (any, bool) {
 	}
 	switch name {
 	case "scopes":
-		sc := id.claims.Scope
-		if sc.empty() {
-			sc = id.claims.Scp
-		}
-		return sc.String(), true
+		return id.granted.String(), true
 	case "jti":
 		return id.claims.ID.s, true
 	case "expires":

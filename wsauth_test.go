@@ -327,3 +327,26 @@ func TestSubprotocolMarkerWithoutStrip(t *testing.T) {
 		t.Error(got)
 	}
 }
+
+// TestScopeClaim: scopes come from the configured claim, for the check and
+// for {ws_auth.scopes}.
+func TestScopeClaim(t *testing.T) {
+	up := newUpstream(t)
+	addr := startCaddy(t, site("scope_claim perms\n\t\tscopes chat:write"), up.addr())
+	tok := hs256(t, claims("alice", func(c jwt.MapClaims) {
+		c["scope"] = "other"
+		c["perms"] = []string{"chat:*", "admin"}
+	}))
+	c, resp, err := dial(addr, "/ws", dialOpts{query: "token=" + tok})
+	if got := outcome(t, c, resp, err); got != "accepted" {
+		t.Fatal(got)
+	}
+	if s := up.requests()[0].Header.Get("X-Scopes"); s != "chat:* admin" {
+		t.Errorf("X-Scopes = %q, want the perms claim", s)
+	}
+	tok = hs256(t, claims("alice", func(c jwt.MapClaims) { c["scope"] = "chat:write" }))
+	c, resp, err = dial(addr, "/ws", dialOpts{query: "token=" + tok})
+	if got := outcome(t, c, resp, err); got != "close 4003 forbidden" {
+		t.Errorf("scope in the wrong claim: %s", got)
+	}
+}
