@@ -244,11 +244,12 @@ func acceptHandshake(w http.ResponseWriter, req *http.Request, token string, the
 // selectProtocol picks the subprotocol the module's own 101 selects:
 // browsers fail a connection whose 101 selects none although they offered
 // some, before reading any frame. It is the first offered that is not the
-// token (and is short enough to be a protocol name).
+// token, does not look like a JWT (a token for a source not configured),
+// and is short enough to be a protocol name.
 func selectProtocol(req *http.Request, token string) string {
 	var proto string
 	eachProtocol(req.Header[headerProtocol], func(p string) bool {
-		if p != token && len(p) < 128 {
+		if p != token && len(p) < 128 && !(strings.HasPrefix(p, "eyJ") && strings.Count(p, ".") == 2) {
 			proto = p
 			return false
 		}
