@@ -284,6 +284,16 @@ func TestCaddyfileValidate(t *testing.T) {
 			want:    []string{"close_code", "1005"},
 		},
 		{
+			name:    "jwks over plain http to another host",
+			handler: `{"handler":"ws_auth","jwks":[{"url":"http://idp.example.com/jwks.json"}]}`,
+			want:    []string{"jwks http://idp.example.com/jwks.json", "https"},
+		},
+		{
+			name:    "jwks with another scheme",
+			handler: `{"handler":"ws_auth","jwks":[{"url":"file:///etc/jwks.json"}]}`,
+			want:    []string{"jwks", "https://"},
+		},
+		{
 			name:    "reject maybe",
 			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"reject":"maybe"}`,
 			want:    []string{"reject", "maybe"},

@@ -20,6 +20,8 @@ import (
 
 	"github.com/MicahParks/jwkset"
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 // The JWKS tests run a real Caddy against a JWK Set served by the test
@@ -565,5 +567,43 @@ func TestJWKSUnknownKIDFlood(t *testing.T) {
 	checkUpstreamSaw(t, up, runTokenCases(t, addr, "close", cases))
 	if n := srv.fetches.Load() - before; n > 1 {
 		t.Errorf("10 unknown kids made %d fetches of the set, want at most 1", n)
+	}
+}
+
+// TestJWKSSurvivesReload: a config reload reuses the cached key set
+// instead of fetching it again, so an identity provider failing at that
+// moment does not turn every handshake into "unavailable".
+func TestJWKSSurvivesReload(t *testing.T) {
+	keys := testKeys()
+	srv := newJWKSServer(t, standardSet(t)...)
+	up := newUpstream(t)
+	caddyMu.Lock()
+	defer caddyMu.Unlock()
+	port := freePort(t)
+	cfg := fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\nhttp://127.0.0.1:%d {\n\tws_auth {\n\t\tjwks %s\n\t}\n\treverse_proxy %s\n}\n",
+		port, srv.URL, up.addr())
+	if err := loadCaddyfile(cfg); err != nil {
+		t.Fatal(err)
+	}
+	defer caddy.Stop()
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	waitListening(t, addr)
+	try := func() string {
+		c, resp, err := dial(addr, "/ws", dialOpts{query: "token=" + sign(t, jwt.SigningMethodRS256, keys.rsa, claims("alice"), "")})
+		return outcome(t, c, resp, err)
+	}
+	if got := try(); got != "accepted" {
+		t.Fatalf("before the reload: %s", got)
+	}
+	fetched := srv.fetches.Load()
+	srv.setMode("500")
+	if err := loadCaddyfile(cfg + "# reloaded\n"); err != nil {
+		t.Fatal(err)
+	}
+	if got := try(); got != "accepted" {
+		t.Errorf("after a reload while the endpoint fails: %s, want the cached set in use", got)
+	}
+	if n := srv.fetches.Load(); n != fetched {
+		t.Errorf("the reload fetched the set again (%d fetches, was %d)", n, fetched)
 	}
 }

@@ -30,7 +30,6 @@ import (
 	"github.com/MicahParks/keyfunc/v3"
 	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/zap"
-	"golang.org/x/time/rate"
 
 	"github.com/caddyserver/caddy/v2"
 )
@@ -68,11 +67,17 @@ type keyring struct {
 	remote   []keyfunc.Keyfunc // those of sets that are fetched over HTTP
 	setAlgs  []string          // algorithms the key sets may verify
 	hasFiles bool
+	poolKeys []string // of jwksSets, released by close
 	ctx      context.Context
 }
 
-func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (*keyring, error) {
+func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, err error) {
 	k := &keyring{static: make(map[string]any), ctx: ctx}
+	defer func() {
+		if err != nil {
+			k.close() // what was taken from the pool before the error
+		}
+	}()
 	add := func(alg string, key any) {
 		switch cur := k.static[alg].(type) {
 		case nil:
@@ -132,41 +137,16 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (*keyring, erro
 		if src == nil || src.URL == "" {
 			return nil, fmt.Errorf("jwks: missing URL")
 		}
-		refresh, timeout := time.Duration(src.Refresh), time.Duration(src.Timeout)
-		if refresh <= 0 {
-			refresh = defaultJWKSRefresh
-		}
-		if timeout <= 0 {
-			timeout = defaultJWKSTimeout
-		}
-		url := src.URL
-		noErr := true
-		kf, err := keyfunc.NewDefaultOverrideCtx(ctx, []string{url}, keyfunc.Override{
-			Client: &http.Client{
-				Timeout:   timeout,
-				Transport: limitedTransport{rt: http.DefaultTransport, max: maxJWKSBody},
-			},
-			HTTPTimeout:               timeout,
-			NoErrorReturnFirstHTTPReq: &noErr,
-			RefreshInterval:           refresh,
-			RefreshUnknownKID:         rate.NewLimiter(rate.Every(jwksUnknownKIDEvery), 1),
-			// A refetch for an unknown kid waits no longer than one fetch:
-			// the limiter answers at once when its next slot is further away.
-			RateLimitWaitMax: timeout,
-			RefreshErrorHandlerFunc: func(string) func(context.Context, error) {
-				return func(_ context.Context, err error) {
-					logger.Warn("fetching JWK Set failed; serving the last good set", zap.String("url", url), zap.Error(err))
-				}
-			},
-		})
+		kf, poolKey, err := loadRemoteSet(src, logger)
 		if err != nil {
-			return nil, fmt.Errorf("jwks %s: %v", url, err)
+			return nil, err
 		}
-		if all, _ := kf.Storage().KeyReadAll(ctx); len(all) == 0 {
-			logger.Warn("JWK Set not available yet; handshakes that need it get 'unavailable' until a fetch succeeds", zap.String("url", url))
-		}
+		k.poolKeys = append(k.poolKeys, poolKey)
 		k.sets = append(k.sets, kf)
 		k.remote = append(k.remote, kf)
+	}
+	if len(h.JWKS) > 0 && len(h.Issuers) == 0 && len(h.Audiences) == 0 {
+		logger.Warn("jwks without issuer or audience: any token of this key set is accepted, including those minted for other applications")
 	}
 
 	if len(k.static) == 0 && len(k.sets) == 0 {
@@ -312,9 +292,13 @@ func (k *keyring) unfetched() bool {
 	return false
 }
 
-// close is a no-op today: the key sets' refresh goroutines stop with the
-// provisioning context.
-func (k *keyring) close() {}
+// close releases the pooled remote key sets.
+func (k *keyring) close() {
+	for _, key := range k.poolKeys {
+		_, _ = jwksSets.Delete(key)
+	}
+	k.poolKeys = nil
+}
 
 func publicOf(key any) any {
 	if pk, ok := key.(interface{ Public() crypto.PublicKey }); ok {

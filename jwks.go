@@ -1,0 +1,157 @@
+package wsauth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/MicahParks/keyfunc/v3"
+	"go.uber.org/zap"
+	"golang.org/x/time/rate"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// Remote JWK Sets live in a process-wide pool, keyed by URL and options, so
+// that a config reload keeps the cached keys (and the refresh goroutine)
+// instead of fetching again, and serving "unavailable" if the endpoint
+// happens to fail at that moment. The set is released with the last
+// handler that uses it.
+var jwksSets = caddy.NewUsagePool()
+
+// remoteSet is a pooled remote JWK Set.
+type remoteSet struct {
+	kf     keyfunc.Keyfunc
+	cancel context.CancelFunc
+}
+
+// Destruct stops the set's refresh goroutines.
+func (rs *remoteSet) Destruct() error {
+	rs.cancel()
+	return nil
+}
+
+func jwksPoolKey(u string, refresh, timeout time.Duration) string {
+	return fmt.Sprintf("%s|%s|%s", u, refresh, timeout)
+}
+
+// checkJWKSURL refuses what would let anyone on the path forge tokens: a
+// key set fetched over plain HTTP, except from this machine.
+func checkJWKSURL(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("jwks: not a URL like https://idp.example.com/jwks.json")
+	}
+	switch u.Scheme {
+	case "https":
+	case "http":
+		host := u.Hostname()
+		if ip := net.ParseIP(host); !(host == "localhost" || ip != nil && ip.IsLoopback()) {
+			return nil, fmt.Errorf("jwks %s: use https; plain http is allowed only for loopback addresses", redactURL(u))
+		}
+	default:
+		return nil, fmt.Errorf("jwks %s: scheme must be https", redactURL(u))
+	}
+	return u, nil
+}
+
+// redactURL is a URL for logs: no credentials, no query.
+func redactURL(u *url.URL) string {
+	return u.Scheme + "://" + u.Host + u.EscapedPath()
+}
+
+// loadRemoteSet returns the pooled set for src, fetching it the first time.
+func loadRemoteSet(src *JWKSSource, logger *zap.Logger) (keyfunc.Keyfunc, string, error) {
+	u, err := checkJWKSURL(src.URL)
+	if err != nil {
+		return nil, "", err
+	}
+	refresh, timeout := time.Duration(src.Refresh), time.Duration(src.Timeout)
+	if refresh <= 0 {
+		refresh = defaultJWKSRefresh
+	}
+	if timeout <= 0 {
+		timeout = defaultJWKSTimeout
+	}
+	key := jwksPoolKey(src.URL, refresh, timeout)
+	val, _, err := jwksSets.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return newRemoteSet(u, refresh, timeout)
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("jwks %s: %v", redactURL(u), err)
+	}
+	kf := val.(*remoteSet).kf
+	if all, _ := kf.Storage().KeyReadAll(context.Background()); len(all) == 0 {
+		logger.Warn("JWK Set not available yet; handshakes that need it get 'unavailable' until a fetch succeeds",
+			zap.String("url", redactURL(u)))
+	}
+	return kf, key, nil
+}
+
+func newRemoteSet(u *url.URL, refresh, timeout time.Duration) (*remoteSet, error) {
+	// The set outlives the config that first loaded it, so it logs to
+	// Caddy's default logger and runs on its own context.
+	logger := caddy.Log().Named("http.handlers.ws_auth")
+	ctx, cancel := context.WithCancel(context.Background())
+	where := redactURL(u)
+	noErr := true
+	kf, err := keyfunc.NewDefaultOverrideCtx(ctx, []string{u.String()}, keyfunc.Override{
+		Client: &http.Client{
+			Timeout:   timeout,
+			Transport: limitedTransport{rt: http.DefaultTransport, max: maxJWKSBody},
+			CheckRedirect: func(req *http.Request, via []*http.Request) error {
+				if len(via) >= 3 {
+					return errors.New("too many redirects")
+				}
+				if req.URL.Scheme != "https" && via[0].URL.Scheme == "https" {
+					return errors.New("redirect from https to " + req.URL.Scheme)
+				}
+				return nil
+			},
+		},
+		HTTPTimeout:               timeout,
+		NoErrorReturnFirstHTTPReq: &noErr,
+		RefreshInterval:           refresh,
+		RefreshUnknownKID:         rate.NewLimiter(rate.Every(jwksUnknownKIDEvery), 1),
+		// A refetch for an unknown kid waits no longer than one fetch:
+		// the limiter answers at once when its next slot is further away.
+		RateLimitWaitMax: timeout,
+		RefreshErrorHandlerFunc: func(string) func(context.Context, error) {
+			return func(_ context.Context, err error) {
+				logger.Warn("fetching JWK Set failed; serving the last good set", zap.String("url", where), zap.Error(err))
+			}
+		},
+	})
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	go retryUntilFetched(ctx, kf, timeout)
+	return &remoteSet{kf: kf, cancel: cancel}, nil
+}
+
+// retryUntilFetched asks again for a set whose first fetch failed, at the
+// pace of the unknown-kid refetch, so that tokens without a kid do not wait
+// for the next periodic refresh.
+func retryUntilFetched(ctx context.Context, kf keyfunc.Keyfunc, timeout time.Duration) {
+	t := time.NewTicker(jwksUnknownKIDEvery)
+	defer t.Stop()
+	for {
+		if all, _ := kf.Storage().KeyReadAll(ctx); len(all) > 0 {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		// Reading a kid that no set holds triggers the rate-limited refetch.
+		rctx, cancel := context.WithTimeout(ctx, timeout)
+		_, _ = kf.Storage().KeyRead(rctx, "\x00ws_auth-refetch")
+		cancel()
+	}
+}
