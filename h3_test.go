@@ -142,4 +142,21 @@ https://127.0.0.1:%d {
 	if r := up.requests(); len(r) != 1 || r[0].Header.Get("X-User") != "alice" {
 		t.Errorf("upstream requests %v, want one with X-User alice", r)
 	}
+
+	// Close the WebSocket and wait for the stream to end, so that the tunnel
+	// is gone before Caddy stops (its reverse_proxy cleanup of a live HTTP/3
+	// tunnel races with the tunnel's own writes).
+	if _, err := pw.Write([]byte{0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xe8 ^ 2}); err != nil {
+		t.Fatal(err)
+	}
+	drained := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, resp.Body)
+		drained <- err
+	}()
+	select {
+	case <-drained:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the HTTP/3 WebSocket stream did not end after the Close handshake")
+	}
 }
