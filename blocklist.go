@@ -7,11 +7,14 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 // The blocklist file: one entry a line, "#" starts a comment.
@@ -20,9 +23,10 @@ import (
 //	sub:<user>     [<RFC 3339 expiry>]
 //	ip:<address or CIDR> [<RFC 3339 expiry>]
 //
-// The file is read at provision (an error there fails the config) and read
-// again when its size or modification time changes; a version that fails to
-// parse keeps the previous list in force and logs the line that failed.
+// The file is read when a config first names it (an error there fails the
+// config) and read again when its size or modification time changes; a
+// version that fails to parse keeps the previous list in force and logs the
+// line that failed.
 
 const (
 	// maxBlocklistFile bounds what is read of a blocklist file.
@@ -148,19 +152,47 @@ func parseBlocklist(r io.Reader) (*blockSet, error) {
 type blocklistFile struct {
 	path    string
 	cur     atomic.Pointer[blockSet]
-	modTime time.Time
+	modTime time.Time // of the version last read; only the watcher touches it
 	size    int64
 	logger  *zap.Logger
+	cancel  context.CancelFunc // stops the watcher
 }
 
-func loadBlocklistFile(ctx context.Context, path string, logger *zap.Logger) (*blocklistFile, error) {
-	bf := &blocklistFile{path: path, logger: logger}
-	if err := bf.reload(); err != nil {
-		return nil, fmt.Errorf("blocklist_file %s: %v", path, err)
-	}
-	go bf.watch(ctx)
-	return bf, nil
+// blocklists holds the blocklist files of the process by absolute path: one
+// watcher per file, shared by every handler that names it, and kept across
+// config reloads while some handler uses it.
+var blocklists = caddy.NewUsagePool()
+
+// Destruct stops the file's watcher.
+func (bf *blocklistFile) Destruct() error {
+	bf.cancel()
+	return nil
 }
+
+// acquireBlocklist returns the pooled blocklist for path, reading it the
+// first time; release it with releaseBlocklist(key).
+func acquireBlocklist(path string) (bf *blocklistFile, key string, err error) {
+	key, err = filepath.Abs(path)
+	if err != nil {
+		return nil, "", fmt.Errorf("blocklist_file %s: %v", path, err)
+	}
+	val, _, err := blocklists.LoadOrNew(key, func() (caddy.Destructor, error) {
+		ctx, cancel := context.WithCancel(context.Background())
+		bf := &blocklistFile{path: key, logger: caddy.Log().Named("http.handlers.ws_auth"), cancel: cancel}
+		if err := bf.reload(); err != nil {
+			cancel()
+			return nil, err
+		}
+		go bf.watch(ctx)
+		return bf, nil
+	})
+	if err != nil {
+		return nil, "", fmt.Errorf("blocklist_file %s: %v", path, err)
+	}
+	return val.(*blocklistFile), key, nil
+}
+
+func releaseBlocklist(key string) { _, _ = blocklists.Delete(key) }
 
 func (bf *blocklistFile) list() *blockSet { return bf.cur.Load() }
 

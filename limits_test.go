@@ -1,6 +1,7 @@
 package wsauth
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -191,3 +192,43 @@ func TestRateLimiter(t *testing.T) {
 }
 
 func caddyDuration(d time.Duration) caddy.Duration { return caddy.Duration(d) }
+
+// TestLimitsSurviveReload: the handshake counters and the blocklist are the
+// process's, not the config's: a reload neither resets a user's rate nor
+// reads the blocklist anew.
+func TestLimitsSurviveReload(t *testing.T) {
+	list := filepath.Join(t.TempDir(), "blocklist.txt")
+	if err := os.WriteFile(list, []byte("sub:mallory\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	up := newUpstream(t)
+	caddyMu.Lock()
+	defer caddyMu.Unlock()
+	port := freePort(t)
+	cfg := fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\nhttp://127.0.0.1:%d {\n%s\n}\n",
+		port, strings.ReplaceAll(site("rate_limit handshakes 2/1h per user\n\t\tblocklist_file "+list), "%UPSTREAM%", up.addr()))
+	if err := loadCaddyfile(cfg); err != nil {
+		t.Fatal(err)
+	}
+	defer caddy.Stop()
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	waitListening(t, addr)
+	try := func(user string) string {
+		c, resp, err := dial(addr, "/ws", dialOpts{query: "token=" + hs256(t, claims(user))})
+		return outcome(t, c, resp, err)
+	}
+	for i := 0; i < 2; i++ {
+		if got := try("alice"); got != "accepted" {
+			t.Fatalf("before the reload: %s", got)
+		}
+	}
+	if err := loadCaddyfile(cfg + "# reloaded\n"); err != nil {
+		t.Fatal(err)
+	}
+	if got := try("alice"); got != "close 1013 rate_limited" {
+		t.Errorf("after a reload, alice's third handshake: %s, want still rate_limited", got)
+	}
+	if got := try("mallory"); got != "close 1008 blocked" {
+		t.Errorf("after a reload, mallory: %s", got)
+	}
+}

@@ -126,22 +126,24 @@ type Handler struct {
 	// previous list in force. A match is refused as blocked.
 	BlocklistFile string `json:"blocklist_file,omitempty"`
 
-	keys       *keyring
-	methods    map[string]jwt.SigningMethod // the allowed algorithms
-	sources    []tokenSource
-	firstMsg   *firstMessage
-	limiter    *rateLimiter
-	blocklist  *blocklistFile
-	origins    originMatcher
-	codes      [numReasons]uint16
-	issuers    []string
-	audiences  []string
-	userClaim  string
-	scopeClaim string
-	needMap    bool // user or scope claim is not in tokenClaims
-	maxToken   int
-	strip      bool
-	closeMode  bool
+	keys         *keyring
+	methods      map[string]jwt.SigningMethod // the allowed algorithms
+	sources      []tokenSource
+	firstMsg     *firstMessage
+	limiter      *rateLimiter   // pooled: rateLimiters[limiterKey]
+	blocklist    *blocklistFile // pooled: blocklists[blocklistKey]
+	limiterKey   string
+	blocklistKey string
+	origins      originMatcher
+	codes        [numReasons]uint16
+	issuers      []string
+	audiences    []string
+	userClaim    string
+	scopeClaim   string
+	needMap      bool // user or scope claim is not in tokenClaims
+	maxToken     int
+	strip        bool
+	closeMode    bool
 	// insufficientScope is the WWW-Authenticate value of a 403 for scopes.
 	insufficientScope string
 	logger            *zap.Logger
@@ -213,12 +215,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 
 	if h.HandshakeRate != nil {
-		if h.limiter, err = newRateLimiter(h.HandshakeRate); err != nil {
+		if h.limiter, h.limiterKey, err = acquireRateLimiter(h.HandshakeRate); err != nil {
 			return err
 		}
 	}
 	if h.BlocklistFile != "" {
-		if h.blocklist, err = loadBlocklistFile(ctx, h.BlocklistFile, h.logger); err != nil {
+		if h.blocklist, h.blocklistKey, err = acquireBlocklist(h.BlocklistFile); err != nil {
 			return err
 		}
 	}
@@ -279,6 +281,14 @@ func (h *Handler) Validate() error {
 func (h *Handler) Cleanup() error {
 	if h.keys != nil {
 		h.keys.close()
+	}
+	if h.limiterKey != "" {
+		_, _ = rateLimiters.Delete(h.limiterKey)
+		h.limiterKey = ""
+	}
+	if h.blocklistKey != "" {
+		releaseBlocklist(h.blocklistKey)
+		h.blocklistKey = ""
 	}
 	return nil
 }

@@ -30,6 +30,23 @@ type HandshakeRate struct {
 	Per string `json:"per,omitempty"`
 }
 
+// rateLimiters holds the handshake limiters of the process by their
+// settings, so that the counters survive a config reload and are shared by
+// every handler with the same limit.
+var rateLimiters = caddy.NewUsagePool()
+
+// acquireRateLimiter returns the pooled limiter for cfg; release it with
+// rateLimiters.Delete(key).
+func acquireRateLimiter(cfg *HandshakeRate) (*rateLimiter, string, error) {
+	l, err := newRateLimiter(cfg)
+	if err != nil {
+		return nil, "", err
+	}
+	key := fmt.Sprintf("%d/%d/%t", cfg.Events, cfg.Window, l.perUser)
+	val, _ := rateLimiters.LoadOrStore(key, l)
+	return val.(*rateLimiter), key, nil
+}
+
 // maxRateKeys bounds a limiter's map: under a flood of distinct keys it
 // forgets idle keys first, then arbitrary ones.
 const maxRateKeys = 1 << 16
