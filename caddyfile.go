@@ -400,8 +400,8 @@ func parseTokenSource(d *caddyfile.Dispenser) (TokenSource, error) {
 		}
 		if len(rest) == 2 {
 			dur, err := caddy.ParseDuration(rest[1])
-			if err != nil || dur <= 0 {
-				return ts, d.Errf("token_source first_message: invalid timeout %q", rest[1])
+			if err != nil || dur <= 0 || dur > maxFirstMessageTimeout {
+				return ts, d.Errf("token_source first_message: invalid timeout %q (up to %s)", rest[1], maxFirstMessageTimeout)
 			}
 			ts.Timeout = caddy.Duration(dur)
 		}

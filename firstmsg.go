@@ -23,6 +23,7 @@ import (
 const (
 	defaultFirstMessageType    = "auth"
 	defaultFirstMessageTimeout = 5 * time.Second
+	maxFirstMessageTimeout     = time.Minute
 	// firstMessageSlack is what an auth message may hold beyond the token.
 	firstMessageSlack = 1 << 10
 )
@@ -33,7 +34,10 @@ type firstMessage struct {
 	timeout time.Duration
 }
 
-var errFirstMessage = errors.New("first message is not an auth message")
+var (
+	errFirstMessage = errors.New("first message is not an auth message")
+	errClientClosed = errors.New("client closed before authenticating")
+)
 
 // serveFirstMessage runs the first_message flow on an upgrade that carried
 // no token in the other sources. The origin has been checked.
@@ -54,7 +58,8 @@ func (h *Handler) serveFirstMessage(w http.ResponseWriter, r *http.Request, next
 		h.logRejection(r, rsn, src, id, detail)
 		_ = conn.SetDeadline(time.Now().Add(closeWait))
 		var buf [128]byte
-		if _, err := conn.Write(appendCloseFrame(buf[:0], h.codes[rsn], rsn.String())); err == nil {
+		_, err := conn.Write(appendCloseFrame(buf[:0], h.codes[rsn], rsn.String()))
+		if err == nil && !errors.Is(detail, errClientClosed) {
 			awaitClose(brw.Reader)
 		}
 		conn.Close()
@@ -123,7 +128,7 @@ func (h *Handler) readAuthMessage(br *bufio.Reader) (string, error) {
 			}
 			continue
 		case opClose:
-			return "", errors.New("client closed before authenticating")
+			return "", errClientClosed
 		case opText:
 		default:
 			return "", errFirstMessage

@@ -255,8 +255,8 @@ func (h *Handler) Validate() error {
 		return fmt.Errorf("max_token_size: must be between 1 byte and 1MiB")
 	}
 	for _, ts := range h.TokenSources {
-		if ts.Timeout < 0 {
-			return fmt.Errorf("token_source %s: timeout must not be negative", ts.Source)
+		if ts.Timeout < 0 || time.Duration(ts.Timeout) > maxFirstMessageTimeout {
+			return fmt.Errorf("token_source %s: timeout must be between 0 and %s", ts.Source, maxFirstMessageTimeout)
 		}
 	}
 	if h.Leeway < 0 {
