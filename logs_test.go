@@ -53,6 +53,14 @@ http://127.0.0.1:%[3]d {
 			request>headers>Sec-Websocket-Protocol delete
 		}
 	}
+	route /dead/* {
+		ws_auth {
+			secret %[5]s
+			token_source query
+			token_source subprotocol
+		}
+		reverse_proxy %[7]s
+	}
 	route /status/* {
 		ws_auth {
 			secret %[5]s
@@ -62,15 +70,17 @@ http://127.0.0.1:%[3]d {
 		}
 		reverse_proxy %[6]s
 	}
-	ws_auth {
-		secret %[5]s
-		token_source query
-		token_source subprotocol
-		token_source header
-		scopes chat:read
+	route /ws {
+		ws_auth {
+			secret %[5]s
+			token_source query
+			token_source subprotocol
+			token_source header
+			scopes chat:read
+		}
+		reverse_proxy %[6]s
 	}
-	reverse_proxy %[6]s
-}`, audit, everything, port, access, testSecret, up.addr())
+}`, audit, everything, port, access, testSecret, up.addr(), deadAddr(t))
 	if err := loadCaddyfile(cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +104,9 @@ http://127.0.0.1:%[3]d {
 		// (token included) to its error log if it were a handler error.
 		for _, o := range []dialOpts{{query: "token=" + tok}, {protocols: []string{"access_token", tok}}} {
 			c, resp, err := dial(addr, "/status/ws", o)
-			_ = outcome(t, c, resp, err)
+			if got := outcome(t, c, resp, err); tok != good && got != "status 401" {
+				t.Errorf("reject status: %s, want status 401", got)
+			}
 		}
 	}
 	// Caddy writes an access log entry when the handler returns, which for
@@ -102,6 +114,14 @@ http://127.0.0.1:%[3]d {
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		if data, _ := os.ReadFile(access); strings.Count(string(data), `"uri":"/ws`) >= 9 {
 			break
+		}
+	}
+	// An accepted request whose upstream cannot be reached: Caddy would log
+	// the failed request, token included, to its error log.
+	for _, o := range []dialOpts{{query: "token=" + good}, {protocols: []string{"access_token", good}}} {
+		c, resp, err := dial(addr, "/dead/ws", o)
+		if got := outcome(t, c, resp, err); got != "status 502" {
+			t.Errorf("unreachable upstream: %s, want status 502", got)
 		}
 	}
 	if err := caddyStop(); err != nil { // flushes and closes the log files
@@ -157,9 +177,14 @@ http://127.0.0.1:%[3]d {
 			}
 		}
 	}
-	if reasons["accepted"] != 5 || reasons["expired"] != 5 || reasons["invalid"] != 5 {
-		t.Errorf("audit log decisions = %v, want 5 accepted, 5 expired, 5 invalid", reasons)
+	if reasons["accepted"] != 7 || reasons["expired"] != 5 || reasons["invalid"] != 5 {
+		t.Errorf("audit log decisions = %v, want 7 accepted, 5 expired, 5 invalid", reasons)
 	}
 }
 
 func caddyStop() error { return caddy.Stop() }
+
+// deadAddr is a loopback address where nothing listens.
+func deadAddr(t testing.TB) string {
+	return fmt.Sprintf("127.0.0.1:%d", freePort(t))
+}

@@ -1,6 +1,7 @@
 package wsauth
 
 import (
+	"errors"
 	"net/http"
 	"strings"
 	"time"
@@ -45,14 +46,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	id.source = src.kind
 	h.accepted(r, src, id)
 
+	// Caddy logs a request whose handler chain fails with the request as it
+	// arrived, and only redacts the Authorization and Cookie headers: a token
+	// in the query or the subprotocol list would be in that log line.
+	logged := false
 	if h.strip {
 		src.strip(r)
+		logged = src.kind == sourceQuery || src.kind == sourceSubprotocol
 		for i := range h.sources {
 			// Every source that holds a token, not only the one that won:
 			// a session cookie riding along with a query token is a token
 			// too.
 			if s := &h.sources[i]; s != src && s.read(r) != "" {
 				s.strip(r)
+				logged = logged || s.kind == sourceQuery || s.kind == sourceSubprotocol
 			}
 		}
 	}
@@ -63,7 +70,32 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			switched:              switchedStatus(r),
 		}
 	}
-	return next.ServeHTTP(w, r)
+	err := next.ServeHTTP(w, r)
+	if err != nil && logged {
+		return h.answerError(w, r, err)
+	}
+	return err
+}
+
+// answerError answers a failure of the handlers after ws_auth itself, for
+// requests whose token Caddy's error log would otherwise print. The error
+// is logged without the request.
+func (h *Handler) answerError(w http.ResponseWriter, r *http.Request, err error) error {
+	status := http.StatusInternalServerError
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) && he.StatusCode >= 400 {
+		status = he.StatusCode
+	}
+	lvl := zapcore.DebugLevel
+	if status >= 500 {
+		lvl = zapcore.ErrorLevel
+	}
+	if c := h.logger.Check(lvl, "handler after ws_auth failed"); c != nil {
+		c.Write(zap.Int("status", status), zap.String("path", truncate(r.URL.Path, 200)),
+			zap.String("remote_ip", clientIP(r)), zap.Error(err))
+	}
+	w.WriteHeader(status)
+	return nil
 }
 
 // checkClient runs the checks that need no token, cheapest first: the
