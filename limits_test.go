@@ -2,6 +2,7 @@ package wsauth
 
 import (
 	"fmt"
+	"hash/maphash"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -62,8 +63,9 @@ sub:paroled       `+past+` # expired: no longer blocked
 				t.Errorf("alice's third handshake: %s", got)
 			}
 			if mode == "status" {
-				if s, err := strconv.Atoi(retry); err != nil || s < 1 || s > 3600 {
-					t.Errorf("Retry-After = %q, want seconds until the next handshake (1..3600)", retry)
+				// 2 per hour: the next one is due 30 minutes after the first.
+				if s, err := strconv.Atoi(retry); err != nil || s < 1790 || s > 1800 {
+					t.Errorf("Retry-After = %q, want about 1800 seconds", retry)
 				}
 			}
 			if got, _ := try("bob"); got != "accepted" {
@@ -189,6 +191,18 @@ func TestRateLimiter(t *testing.T) {
 	if n := len(l.tat); n > maxRateKeys {
 		t.Errorf("limiter holds %d keys, bound is %d", n, maxRateKeys)
 	}
+	// Keys idle since are forgotten first.
+	for i := 0; i < maxRateKeys; i++ {
+		l.allow("late"+strconv.Itoa(i), t0.Add(time.Hour))
+	}
+	for _, k := range []string{"late0", "late" + strconv.Itoa(maxRateKeys/2), "late" + strconv.Itoa(maxRateKeys-1)} {
+		if _, ok := l.tat[maphash.String(l.seed, k)]; !ok {
+			t.Errorf("key %s, active, was evicted while idle keys were there", k)
+		}
+	}
+	if n := len(l.tat); n > maxRateKeys {
+		t.Errorf("limiter holds %d keys, bound is %d", n, maxRateKeys)
+	}
 }
 
 func caddyDuration(d time.Duration) caddy.Duration { return caddy.Duration(d) }
@@ -230,5 +244,28 @@ func TestLimitsSurviveReload(t *testing.T) {
 	}
 	if got := try("mallory"); got != "close 1008 blocked" {
 		t.Errorf("after a reload, mallory: %s", got)
+	}
+}
+
+func TestRateLimitKeys(t *testing.T) {
+	for in, want := range map[string]string{
+		"192.0.2.1":            "192.0.2.1",
+		"2001:db8:1:2:3:4:5:6": "2001:db8:1:2::/64",
+		"2001:db8:1:2:ffff::1": "2001:db8:1:2::/64",
+		"fe80::1%eth0":         "fe80::/64",
+		"::ffff:192.0.2.1":     "::ffff:192.0.2.1",
+		"not-an-ip":            "not-an-ip",
+	} {
+		if got := ipKey(in); got != want {
+			t.Errorf("ipKey(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if userKey("https://a", "alice") == userKey("https://b", "alice") {
+		t.Error("the same user name at two issuers shares a rate")
+	}
+	for _, bad := range []HandshakeRate{{Events: 1, Window: caddyDuration(400 * 24 * time.Hour)}, {Events: 1000, Window: caddyDuration(time.Millisecond)}} {
+		if _, err := newRateLimiter(&bad); err == nil {
+			t.Errorf("newRateLimiter(%+v): no error", bad)
+		}
 	}
 }

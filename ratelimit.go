@@ -2,9 +2,11 @@ package wsauth
 
 import (
 	"fmt"
+	"hash/maphash"
 	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"strings"
 	"sync"
@@ -58,9 +60,10 @@ type rateLimiter struct {
 	interval int64 // ns between events at the sustained rate
 	window   int64 // ns; also the burst tolerance
 	perUser  bool
+	seed     maphash.Seed
 
 	mu  sync.Mutex       // guards tat
-	tat map[string]int64 // key -> theoretical arrival time, unix ns
+	tat map[uint64]int64 // hash of the key -> theoretical arrival time, unix ns
 }
 
 func newRateLimiter(cfg *HandshakeRate) (*rateLimiter, error) {
@@ -70,21 +73,31 @@ func newRateLimiter(cfg *HandshakeRate) (*rateLimiter, error) {
 	if cfg.Per != "" && cfg.Per != "ip" && cfg.Per != "user" {
 		return nil, fmt.Errorf("rate_limit handshakes: per must be ip or user, not %q", cfg.Per)
 	}
+	if time.Duration(cfg.Window) > maxRateWindow || time.Duration(cfg.Window)/time.Duration(cfg.Events) < time.Millisecond {
+		return nil, fmt.Errorf("rate_limit handshakes: the window must be at most %s, and at least 1ms per event", maxRateWindow)
+	}
 	return &rateLimiter{
 		interval: int64(cfg.Window) / int64(cfg.Events),
 		window:   int64(cfg.Window),
 		perUser:  cfg.Per == "user",
-		tat:      make(map[string]int64),
+		seed:     maphash.MakeSeed(),
+		tat:      make(map[uint64]int64),
 	}, nil
 }
 
+// maxRateWindow keeps the limiter's arithmetic far from overflow.
+const maxRateWindow = 366 * 24 * time.Hour
+
 // allow records an event for key at now, unless it is over the limit; then
-// it says how long until the next event would be allowed.
+// it says how long until the next event would be allowed. Keys are kept as
+// 64-bit hashes, so that a long key (a user claim) costs no more memory
+// than a short one.
 func (l *rateLimiter) allow(key string, now time.Time) (bool, time.Duration) {
 	n := now.UnixNano()
+	hk := maphash.String(l.seed, key)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	t, ok := l.tat[key]
+	t, ok := l.tat[hk]
 	if t < n {
 		t = n
 	}
@@ -95,7 +108,7 @@ func (l *rateLimiter) allow(key string, now time.Time) (bool, time.Duration) {
 	if !ok && len(l.tat) >= maxRateKeys {
 		l.evict(n)
 	}
-	l.tat[key] = next
+	l.tat[hk] = next
 	return true, 0
 }
 
@@ -115,6 +128,21 @@ func (l *rateLimiter) evict(now int64) {
 		delete(l.tat, k)
 	}
 }
+
+// ipKey is the rate-limit key of a client IP: the address, or for IPv6 its
+// /64, which one client usually holds whole.
+func ipKey(ip string) string {
+	a, err := netip.ParseAddr(ip)
+	if err != nil || a.Unmap().Is4() {
+		return ip
+	}
+	p, _ := a.WithZone("").Prefix(64)
+	return p.String()
+}
+
+// userKey is the rate-limit key of a user: the same name at two issuers is
+// two users.
+func userKey(iss, user string) string { return iss + "\x00" + user }
 
 // clientIP is the client's address as Caddy sees it (trusted proxies
 // applied), or the connection's peer.

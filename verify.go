@@ -335,7 +335,7 @@ func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
 		}
 	}
 	if h.limiter != nil && h.limiter.perUser {
-		if ok, wait := h.limiter.allow(id.user, now()); !ok {
+		if ok, wait := h.limiter.allow(userKey(c.Issuer.s, id.user), now()); !ok {
 			id.retry = wait
 			return reasonRateLimited, false, errRateUser
 		}

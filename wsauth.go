@@ -119,7 +119,7 @@ func (h *Handler) checkClient(w http.ResponseWriter, r *http.Request) (reason, e
 		return reasonBlocked, errBlockedIP
 	}
 	if h.limiter != nil && !h.limiter.perUser {
-		if ok, wait := h.limiter.allow(ip, now()); !ok {
+		if ok, wait := h.limiter.allow(ipKey(ip), now()); !ok {
 			w.Header().Set("Retry-After", retryAfter(wait))
 			return reasonRateLimited, errRateIP
 		}
