@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -31,6 +32,7 @@ import (
 const (
 	// maxBlocklistFile bounds what is read of a blocklist file.
 	maxBlocklistFile = 16 << 20
+	maxBlocklistLine = 64 << 10
 )
 
 // blocklistPoll is how often the file is checked for changes; a variable
@@ -39,15 +41,10 @@ var blocklistPoll = 2 * time.Second
 
 // blockSet is one parsed version of the list. Zero expiry: no expiry.
 type blockSet struct {
-	jti   map[string]time.Time
-	sub   map[string]time.Time
-	addrs map[netip.Addr]time.Time // single addresses
-	nets  []blockedPrefix          // wider prefixes
-}
-
-type blockedPrefix struct {
-	prefix  netip.Prefix
-	expires time.Time
+	jti  map[string]time.Time
+	sub  map[string]time.Time
+	nets map[netip.Prefix]time.Time // addresses as /32 or /128 prefixes
+	bits []int                      // the prefix lengths in nets, longest first
 }
 
 func live(expires time.Time, now time.Time) bool {
@@ -63,39 +60,78 @@ func (b *blockSet) blockedToken(jti, user string, now time.Time) bool {
 	return ok && live(exp, now)
 }
 
-// blockedIP reports whether ip is listed, alone or in a prefix.
+// blockedIP reports whether ip is listed, alone or in a prefix: one map
+// lookup per prefix length the list uses.
 func (b *blockSet) blockedIP(ip string, now time.Time) bool {
-	if len(b.addrs) == 0 && len(b.nets) == 0 {
+	if len(b.nets) == 0 {
 		return false
 	}
 	addr, err := netip.ParseAddr(ip)
 	if err != nil {
 		return false
 	}
-	addr = addr.Unmap()
-	if exp, ok := b.addrs[addr]; ok && live(exp, now) {
-		return true
-	}
-	for _, n := range b.nets {
-		if n.prefix.Contains(addr) && live(n.expires, now) {
+	addr = addr.WithZone("").Unmap()
+	for _, bits := range b.bits {
+		if bits > addr.BitLen() {
+			continue
+		}
+		p, _ := addr.Prefix(bits)
+		if exp, ok := b.nets[p]; ok && live(exp, now) {
 			return true
 		}
 	}
 	return false
 }
 
+// parseIPEntry parses an ip: value, an address or a CIDR, into the prefix
+// the lookups use: IPv4-mapped IPv6 as IPv4, masked.
+func parseIPEntry(value string) (netip.Prefix, error) {
+	if !strings.Contains(value, "/") {
+		a, err := netip.ParseAddr(value)
+		if err != nil || a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("invalid IP address %q", value)
+		}
+		a = a.Unmap()
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(value)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("invalid CIDR %q", value)
+	}
+	if a := p.Addr(); a.Is4In6() {
+		if p.Bits() < 96 {
+			return netip.Prefix{}, fmt.Errorf("invalid CIDR %q: an IPv4-mapped prefix needs 96 bits or more", value)
+		}
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return p.Masked(), nil
+}
+
 // parseBlocklist reads a blocklist; an error names the line.
 func parseBlocklist(r io.Reader) (*blockSet, error) {
 	b := &blockSet{
-		jti:   make(map[string]time.Time),
-		sub:   make(map[string]time.Time),
-		addrs: make(map[netip.Addr]time.Time),
+		jti:  make(map[string]time.Time),
+		sub:  make(map[string]time.Time),
+		nets: make(map[netip.Prefix]time.Time),
 	}
 	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 0, 4096), 64<<10)
-	for line := 1; sc.Scan(); line++ {
-		text, _, _ := strings.Cut(sc.Text(), "#")
+	sc.Buffer(make([]byte, 0, 4096), maxBlocklistLine)
+	line := 0
+	for sc.Scan() {
+		line++
+		text := sc.Text()
+		if line == 1 {
+			text = strings.TrimPrefix(text, "\uFEFF") // a byte order mark
+		}
 		fields := strings.Fields(text)
+		// "#" starts a comment where a field starts, so that a value may
+		// hold one (jti:abc#def).
+		for i, f := range fields {
+			if strings.HasPrefix(f, "#") {
+				fields = fields[:i]
+				break
+			}
+		}
 		if len(fields) == 0 {
 			continue
 		}
@@ -120,31 +156,22 @@ func parseBlocklist(r io.Reader) (*blockSet, error) {
 		case "sub":
 			b.sub[value] = expires
 		case "ip":
-			if strings.Contains(value, "/") {
-				p, err := netip.ParsePrefix(value)
-				if err != nil {
-					return nil, fmt.Errorf("line %d: invalid CIDR %q", line, value)
-				}
-				p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()).Masked()
-				if p.IsSingleIP() {
-					b.addrs[p.Addr()] = expires
-				} else {
-					b.nets = append(b.nets, blockedPrefix{p, expires})
-				}
-				continue
-			}
-			a, err := netip.ParseAddr(value)
+			p, err := parseIPEntry(value)
 			if err != nil {
-				return nil, fmt.Errorf("line %d: invalid IP address %q", line, value)
+				return nil, fmt.Errorf("line %d: %v", line, err)
 			}
-			b.addrs[a.Unmap()] = expires
+			if _, seen := b.nets[p]; !seen && !slices.Contains(b.bits, p.Bits()) {
+				b.bits = append(b.bits, p.Bits())
+			}
+			b.nets[p] = expires
 		default:
 			return nil, fmt.Errorf("line %d: unknown kind %q (want jti, sub or ip)", line, kind)
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("reading: %v", err)
+		return nil, fmt.Errorf("line %d: %v (lines are limited to %d bytes)", line+1, err, maxBlocklistLine)
 	}
+	slices.SortFunc(b.bits, func(x, y int) int { return y - x })
 	return b, nil
 }
 
@@ -154,9 +181,13 @@ type blocklistFile struct {
 	cur     atomic.Pointer[blockSet]
 	modTime time.Time // of the version last read; only the watcher touches it
 	size    int64
-	logger  *zap.Logger
+	lastErr string             // of the last failed reload, logged once
 	cancel  context.CancelFunc // stops the watcher
 }
+
+// logger is Caddy's current default logger: a pooled list outlives the
+// config, and the logs, it was created with.
+func (bf *blocklistFile) logger() *zap.Logger { return caddy.Log().Named("http.handlers.ws_auth") }
 
 // blocklists holds the blocklist files of the process by absolute path: one
 // watcher per file, shared by every handler that names it, and kept across
@@ -178,7 +209,7 @@ func acquireBlocklist(path string) (bf *blocklistFile, key string, err error) {
 	}
 	val, _, err := blocklists.LoadOrNew(key, func() (caddy.Destructor, error) {
 		ctx, cancel := context.WithCancel(context.Background())
-		bf := &blocklistFile{path: key, logger: caddy.Log().Named("http.handlers.ws_auth"), cancel: cancel}
+		bf := &blocklistFile{path: key, cancel: cancel}
 		if err := bf.reload(); err != nil {
 			cancel()
 			return nil, err
@@ -208,18 +239,28 @@ func (bf *blocklistFile) watch(ctx context.Context) {
 		}
 		fi, err := os.Stat(bf.path)
 		if err != nil {
-			bf.logger.Error("blocklist file unreadable; keeping the previous list", zap.String("file", bf.path), zap.Error(err))
+			bf.failed(fmt.Errorf("unreadable: %v", err))
 			continue
 		}
 		if fi.ModTime().Equal(bf.modTime) && fi.Size() == bf.size {
 			continue
 		}
 		if err := bf.reload(); err != nil {
-			bf.logger.Error("blocklist file not loaded; keeping the previous list", zap.String("file", bf.path), zap.Error(err))
+			bf.failed(err)
 			continue
 		}
-		bf.logger.Info("blocklist file reloaded", zap.String("file", bf.path))
+		bf.lastErr = ""
+		bf.logger().Info("blocklist file reloaded", zap.String("file", bf.path))
 	}
+}
+
+// failed logs a failed reload, once for each different failure.
+func (bf *blocklistFile) failed(err error) {
+	if err.Error() == bf.lastErr {
+		return
+	}
+	bf.lastErr = err.Error()
+	bf.logger().Error("blocklist file not loaded; keeping the previous list", zap.String("file", bf.path), zap.Error(err))
 }
 
 // reload reads and parses the file, and puts it in force if it parses. The

@@ -139,7 +139,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestParseBlocklist(t *testing.T) {
-	b, err := parseBlocklist(strings.NewReader("ip:10.0.0.0/8\nip:2001:db8::/32 2099-01-01T00:00:00Z\nip:192.0.2.7\nip:::ffff:198.51.100.1\n"))
+	b, err := parseBlocklist(strings.NewReader("\uFEFFip:10.0.0.0/8\nip:2001:db8::/32 2099-01-01T00:00:00Z\nip:192.0.2.7\nip:::ffff:198.51.100.1\n" +
+		"ip:::ffff:172.16.0.0/108 # mapped CIDR\nip:fe80::/10\njti:abc#def\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -147,18 +148,25 @@ func TestParseBlocklist(t *testing.T) {
 	for ip, want := range map[string]bool{
 		"10.1.2.3": true, "11.0.0.1": false, "2001:db8::1": true, "2001:db9::1": false,
 		"192.0.2.7": true, "192.0.2.8": false, "198.51.100.1": true, "::ffff:10.0.0.1": true, "junk": false,
+		"172.16.9.9": true, "::ffff:172.16.9.9": true, "172.32.0.1": false, "fe80::1%eth0": true,
 	} {
 		if got := b.blockedIP(ip, n); got != want {
 			t.Errorf("blockedIP(%q) = %v, want %v", ip, got, want)
 		}
 	}
+	if !b.blockedToken("abc#def", "x", n) || b.blockedToken("abc", "x", n) {
+		t.Error(`"jti:abc#def" must block the jti abc#def, and only it`)
+	}
 	for in, line := range map[string]string{
-		"sub:a\nfoo:b\n":               "line 2",
-		"jti:\n":                       "line 1",
-		"\n\nip:300.1.1.1\n":           "line 3",
-		"ip:10.0.0.0/33\n":             "line 1",
-		"sub:a tomorrow\n":             "line 1",
-		"sub:a 2099-01-01T00:00:00Z x": "line 1",
+		"ip:::ffff:10.0.0.0/90\n":               "line 1",
+		"ip:fe80::1%eth0\n":                     "line 1",
+		"sub:a\n" + strings.Repeat("x", 70<<10): "line 2",
+		"sub:a\nfoo:b\n":                        "line 2",
+		"jti:\n":                                "line 1",
+		"\n\nip:300.1.1.1\n":                    "line 3",
+		"ip:10.0.0.0/33\n":                      "line 1",
+		"sub:a tomorrow\n":                      "line 1",
+		"sub:a 2099-01-01T00:00:00Z x":          "line 1",
 	} {
 		if _, err := parseBlocklist(strings.NewReader(in)); err == nil || !strings.Contains(err.Error(), line) {
 			t.Errorf("parseBlocklist(%q) = %v, want an error naming %s", in, err, line)
