@@ -23,6 +23,8 @@ import (
 // handler that uses it.
 var jwksSets = caddy.NewUsagePool()
 
+const maxJWKSTimeout = time.Minute
+
 // remoteSet is a pooled remote JWK Set.
 type remoteSet struct {
 	kf     keyfunc.Keyfunc
@@ -77,6 +79,9 @@ func loadRemoteSet(src *JWKSSource, logger *zap.Logger) (keyfunc.Keyfunc, string
 	if timeout <= 0 {
 		timeout = defaultJWKSTimeout
 	}
+	if timeout > maxJWKSTimeout {
+		return nil, "", fmt.Errorf("jwks %s: timeout must be at most %s: a fetch can hold up a config load or a handshake", redactURL(u), maxJWKSTimeout)
+	}
 	key := jwksPoolKey(src.URL, refresh, timeout)
 	val, _, err := jwksSets.LoadOrNew(key, func() (caddy.Destructor, error) {
 		return newRemoteSet(u, refresh, timeout)
@@ -94,8 +99,7 @@ func loadRemoteSet(src *JWKSSource, logger *zap.Logger) (keyfunc.Keyfunc, string
 
 func newRemoteSet(u *url.URL, refresh, timeout time.Duration) (*remoteSet, error) {
 	// The set outlives the config that first loaded it, so it logs to
-	// Caddy's default logger and runs on its own context.
-	logger := caddy.Log().Named("http.handlers.ws_auth")
+	// Caddy's current default logger and runs on its own context.
 	ctx, cancel := context.WithCancel(context.Background())
 	where := redactURL(u)
 	noErr := true
@@ -122,7 +126,8 @@ func newRemoteSet(u *url.URL, refresh, timeout time.Duration) (*remoteSet, error
 		RateLimitWaitMax: timeout,
 		RefreshErrorHandlerFunc: func(string) func(context.Context, error) {
 			return func(_ context.Context, err error) {
-				logger.Warn("fetching JWK Set failed; serving the last good set", zap.String("url", where), zap.Error(err))
+				caddy.Log().Named("http.handlers.ws_auth").Warn("fetching JWK Set failed; serving the last good set",
+					zap.String("url", where), zap.Error(err))
 			}
 		},
 	})
