@@ -507,8 +507,7 @@ func loadMustFail(t *testing.T, site string) error {
 	t.Helper()
 	caddyMu.Lock()
 	defer caddyMu.Unlock()
-	cfg := fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\n\nhttp://127.0.0.1:%d {\n%s\n}\n",
-		freePort(t), strings.ReplaceAll(site, "%UPSTREAM%", "127.0.0.1:9"))
+	cfg := testConfig(fmt.Sprintf("127.0.0.1:%d", freePort(t)), site, "127.0.0.1:9")
 	err := loadCaddyfile(cfg)
 	if err == nil {
 		_ = caddy.Stop()

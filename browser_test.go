@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 	"github.com/golang-jwt/jwt/v5"
@@ -61,25 +60,6 @@ func browserFlags(userDataDir string) []chromedp.ExecAllocatorOption {
 		chromedp.Flag("disable-dev-shm-usage", true), // small /dev/shm in containers
 		chromedp.UserDataDir(userDataDir),
 	}
-}
-
-// startCaddyFor is startCaddy for a site that must know its own address,
-// for instance to allow its own origin: site gets "127.0.0.1:<port>"
-// before the config is built.
-func startCaddyFor(t testing.TB, site func(addr string) string, upstream string) string {
-	t.Helper()
-	caddyMu.Lock()
-	t.Cleanup(caddyMu.Unlock)
-
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	cfg := fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\n\nhttp://%s {\n%s\n}\n",
-		addr, strings.ReplaceAll(site(addr), "%UPSTREAM%", upstream))
-	if err := loadCaddyfile(cfg); err != nil {
-		t.Fatalf("loading config: %v\n%s", err, cfg)
-	}
-	t.Cleanup(func() { _ = caddy.Stop() })
-	waitListening(t, addr)
-	return addr
 }
 
 // browserPage is the page the WebSocket is opened from, served by the same

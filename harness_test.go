@@ -49,22 +49,35 @@ func freePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
+// testConfig is the Caddyfile of a test: a plain-HTTP site on addr, with
+// %UPSTREAM% in site replaced with upstream.
+func testConfig(addr, site, upstream string) string {
+	return fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\n\nhttp://%s {\n%s\n}\n",
+		addr, strings.ReplaceAll(site, "%UPSTREAM%", upstream))
+}
+
 // startCaddy loads a Caddy serving site (the inside of a site block) on a
 // free port and returns its address. %UPSTREAM% in site is replaced with
-// upstream.
+// upstream. The test holds the harness's lock until it ends, so it may
+// load the config again (testConfig with the same address) to reload.
 func startCaddy(t testing.TB, site, upstream string) string {
+	return startCaddyFor(t, func(string) string { return site }, upstream)
+}
+
+// startCaddyFor is startCaddy for a site that must know its own address,
+// for instance to allow its own origin: site gets "127.0.0.1:<port>"
+// before the config is built.
+func startCaddyFor(t testing.TB, site func(addr string) string, upstream string) string {
 	t.Helper()
 	caddyMu.Lock()
 	t.Cleanup(caddyMu.Unlock)
 
-	port := freePort(t)
-	cfg := fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\n\nhttp://127.0.0.1:%d {\n%s\n}\n",
-		port, strings.ReplaceAll(site, "%UPSTREAM%", upstream))
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cfg := testConfig(addr, site(addr), upstream)
 	if err := loadCaddyfile(cfg); err != nil {
 		t.Fatalf("loading config: %v\n%s", err, cfg)
 	}
 	t.Cleanup(func() { _ = caddy.Stop() })
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
 	waitListening(t, addr)
 	return addr
 }

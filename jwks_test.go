@@ -20,8 +20,6 @@ import (
 
 	"github.com/MicahParks/jwkset"
 	"github.com/golang-jwt/jwt/v5"
-
-	"github.com/caddyserver/caddy/v2"
 )
 
 // The JWKS tests run a real Caddy against a JWK Set served by the test
@@ -577,17 +575,8 @@ func TestJWKSSurvivesReload(t *testing.T) {
 	keys := testKeys()
 	srv := newJWKSServer(t, standardSet(t)...)
 	up := newUpstream(t)
-	caddyMu.Lock()
-	defer caddyMu.Unlock()
-	port := freePort(t)
-	cfg := fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\nhttp://127.0.0.1:%d {\n\tws_auth {\n\t\tjwks %s\n\t}\n\treverse_proxy %s\n}\n",
-		port, srv.URL, up.addr())
-	if err := loadCaddyfile(cfg); err != nil {
-		t.Fatal(err)
-	}
-	defer caddy.Stop()
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	waitListening(t, addr)
+	site := "\tws_auth {\n\t\tjwks " + srv.URL + "\n\t}\n\treverse_proxy %UPSTREAM%"
+	addr := startCaddy(t, site, up.addr())
 	try := func() string {
 		c, resp, err := dial(addr, "/ws", dialOpts{query: "token=" + sign(t, jwt.SigningMethodRS256, keys.rsa, claims("alice"), "")})
 		return outcome(t, c, resp, err)
@@ -597,7 +586,7 @@ func TestJWKSSurvivesReload(t *testing.T) {
 	}
 	fetched := srv.fetches.Load()
 	srv.setMode("500")
-	if err := loadCaddyfile(cfg + "# reloaded\n"); err != nil {
+	if err := loadCaddyfile(testConfig(addr, site, up.addr())); err != nil { // a forced reload
 		t.Fatal(err)
 	}
 	if got := try(); got != "accepted" {

@@ -1,7 +1,6 @@
 package wsauth
 
 import (
-	"fmt"
 	"hash/maphash"
 	"os"
 	"path/filepath"
@@ -224,17 +223,8 @@ func TestLimitsSurviveReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	up := newUpstream(t)
-	caddyMu.Lock()
-	defer caddyMu.Unlock()
-	port := freePort(t)
-	cfg := fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n}\nhttp://127.0.0.1:%d {\n%s\n}\n",
-		port, strings.ReplaceAll(site("rate_limit handshakes 2/1h per user\n\t\tblocklist_file "+list), "%UPSTREAM%", up.addr()))
-	if err := loadCaddyfile(cfg); err != nil {
-		t.Fatal(err)
-	}
-	defer caddy.Stop()
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	waitListening(t, addr)
+	cfg := site("rate_limit handshakes 2/1h per user\n\t\tblocklist_file " + list)
+	addr := startCaddy(t, cfg, up.addr())
 	try := func(user string) string {
 		c, resp, err := dial(addr, "/ws", dialOpts{query: "token=" + hs256(t, claims(user))})
 		return outcome(t, c, resp, err)
@@ -244,7 +234,7 @@ func TestLimitsSurviveReload(t *testing.T) {
 			t.Fatalf("before the reload: %s", got)
 		}
 	}
-	if err := loadCaddyfile(cfg + "# reloaded\n"); err != nil {
+	if err := loadCaddyfile(testConfig(addr, cfg, up.addr())); err != nil { // a forced reload
 		t.Fatal(err)
 	}
 	if got := try("alice"); got != "close 1013 rate_limited" {
