@@ -19,13 +19,14 @@ func init() {
 // Handler authenticates WebSocket handshakes with a JWT before they reach the
 // next handler (usually reverse_proxy).
 //
-// A client that is refused gets, on a WebSocket upgrade and with the default
-// `reject close`, a completed handshake followed by one Close frame whose code
-// a browser reads as CloseEvent.code: 1008 (missing, invalid, origin),
-// 4001 (expired), 4003 (forbidden: missing scope) or 1011 (keys unavailable).
-// With `reject status`, and for any request that is not an upgrade, it gets
-// the HTTP status instead (401 with an RFC 6750 WWW-Authenticate header, 403
-// or 503).
+// A client that is refused gets, on a WebSocket (an HTTP/1.1 upgrade, or an
+// extended CONNECT over HTTP/2 or HTTP/3) and with the default `reject close`,
+// a completed handshake followed by one Close frame whose code a browser
+// reads as CloseEvent.code: 1008 (missing, invalid, origin, blocked), 4001
+// (expired), 4003 (forbidden: missing scope), 1013 (rate_limited) or 1011
+// (keys unavailable). With `reject status`, and for any request that is not
+// a WebSocket, it gets the HTTP status instead (401 with an RFC 6750
+// WWW-Authenticate header, 403, 429 with Retry-After, or 503).
 //
 // An accepted request carries these placeholders to the handlers after it:
 //
@@ -36,7 +37,7 @@ func init() {
 // `{ws_auth.scopes}` | granted scopes, space-separated
 // `{ws_auth.jti}` | the token's ID
 // `{ws_auth.expires}` | the token's expiry, RFC 3339
-// `{ws_auth.token_source}` | query, header, cookie or subprotocol
+// `{ws_auth.token_source}` | query, header, cookie, subprotocol or first_message
 type Handler struct {
 	// Where the token is read, tried in order; the first source that yields
 	// a token wins. Default: query parameter `token`, then the
