@@ -3,6 +3,7 @@ package wsauth
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/netip"
@@ -179,8 +180,7 @@ func parseBlocklist(r io.Reader) (*blockSet, error) {
 type blocklistFile struct {
 	path    string
 	cur     atomic.Pointer[blockSet]
-	modTime time.Time // of the version last read; only the watcher touches it
-	size    int64
+	seen    os.FileInfo        // of the version last read; only the watcher touches it
 	lastErr string             // of the last failed reload, logged once
 	cancel  context.CancelFunc // stops the watcher
 }
@@ -210,7 +210,12 @@ func acquireBlocklist(path string) (bf *blocklistFile, key string, err error) {
 	val, _, err := blocklists.LoadOrNew(key, func() (caddy.Destructor, error) {
 		ctx, cancel := context.WithCancel(context.Background())
 		bf := &blocklistFile{path: key, cancel: cancel}
-		if err := bf.reload(); err != nil {
+		err := bf.reload()
+		for tries := 0; errors.Is(err, errInFlux) && tries < 5; tries++ {
+			time.Sleep(50 * time.Millisecond)
+			err = bf.reload()
+		}
+		if err != nil {
 			cancel()
 			return nil, err
 		}
@@ -242,11 +247,13 @@ func (bf *blocklistFile) watch(ctx context.Context) {
 			bf.failed(fmt.Errorf("unreadable: %v", err))
 			continue
 		}
-		if fi.ModTime().Equal(bf.modTime) && fi.Size() == bf.size {
+		if !bf.changed(fi) {
 			continue
 		}
 		if err := bf.reload(); err != nil {
-			bf.failed(err)
+			if !errors.Is(err, errInFlux) {
+				bf.failed(err)
+			}
 			continue
 		}
 		bf.lastErr = ""
@@ -263,6 +270,18 @@ func (bf *blocklistFile) failed(err error) {
 	bf.logger().Error("blocklist file not loaded; keeping the previous list", zap.String("file", bf.path), zap.Error(err))
 }
 
+// changed reports whether fi is another version of the file than the one
+// last read: another file at the path (replaced by a rename or a copy that
+// kept the time), or another size or modification time.
+func (bf *blocklistFile) changed(fi os.FileInfo) bool {
+	return bf.seen == nil || !os.SameFile(bf.seen, fi) ||
+		!fi.ModTime().Equal(bf.seen.ModTime()) || fi.Size() != bf.seen.Size()
+}
+
+// errInFlux is a file that changed while it was read: it is read again at
+// the next check rather than half-read now.
+var errInFlux = errors.New("file changed while it was read")
+
 // reload reads and parses the file, and puts it in force if it parses. The
 // file's stat is recorded either way, so a bad version is reported once.
 func (bf *blocklistFile) reload() error {
@@ -275,11 +294,16 @@ func (bf *blocklistFile) reload() error {
 	if err != nil {
 		return err
 	}
-	bf.modTime, bf.size = fi.ModTime(), fi.Size()
 	if fi.Size() > maxBlocklistFile {
+		bf.seen = fi
 		return fmt.Errorf("larger than %d bytes", maxBlocklistFile)
 	}
 	set, err := parseBlocklist(io.LimitReader(f, maxBlocklistFile))
+	if after, serr := os.Stat(bf.path); serr != nil || !os.SameFile(fi, after) ||
+		!after.ModTime().Equal(fi.ModTime()) || after.Size() != fi.Size() {
+		return errInFlux
+	}
+	bf.seen = fi
 	if err != nil {
 		return err
 	}

@@ -191,6 +191,18 @@ func dial(addr, path string, o dialOpts) (*websocket.Conn, *http.Response, error
 	return d.Dial(u, h)
 }
 
+// dialSettled is dial for just after a config reload, when a connection may
+// meet the old server as it shuts down: network errors are tried again.
+func dialSettled(addr, path string, o dialOpts) (*websocket.Conn, *http.Response, error) {
+	for i := 0; ; i++ {
+		c, resp, err := dial(addr, path, o)
+		if err == nil || errors.Is(err, websocket.ErrBadHandshake) || i == 20 {
+			return c, resp, err
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+}
+
 // outcome is what a client saw: "accepted", "close <code> <reason>" or
 // "status <code>".
 func outcome(t testing.TB, c *websocket.Conn, resp *http.Response, err error) string {

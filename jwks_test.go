@@ -578,7 +578,7 @@ func TestJWKSSurvivesReload(t *testing.T) {
 	site := "\tws_auth {\n\t\tjwks " + srv.URL + "\n\t}\n\treverse_proxy %UPSTREAM%"
 	addr := startCaddy(t, site, up.addr())
 	try := func() string {
-		c, resp, err := dial(addr, "/ws", dialOpts{query: "token=" + sign(t, jwt.SigningMethodRS256, keys.rsa, claims("alice"), "")})
+		c, resp, err := dialSettled(addr, "/ws", dialOpts{query: "token=" + sign(t, jwt.SigningMethodRS256, keys.rsa, claims("alice"), "")})
 		return outcome(t, c, resp, err)
 	}
 	if got := try(); got != "accepted" {

@@ -226,7 +226,7 @@ func TestLimitsSurviveReload(t *testing.T) {
 	cfg := site("rate_limit handshakes 2/1h per user\n\t\tblocklist_file " + list)
 	addr := startCaddy(t, cfg, up.addr())
 	try := func(user string) string {
-		c, resp, err := dial(addr, "/ws", dialOpts{query: "token=" + hs256(t, claims(user))})
+		c, resp, err := dialSettled(addr, "/ws", dialOpts{query: "token=" + hs256(t, claims(user))})
 		return outcome(t, c, resp, err)
 	}
 	for i := 0; i < 2; i++ {
@@ -265,5 +265,46 @@ func TestRateLimitKeys(t *testing.T) {
 		if _, err := newRateLimiter(&bad); err == nil {
 			t.Errorf("newRateLimiter(%+v): no error", bad)
 		}
+	}
+}
+
+// TestBlocklistReplacedSameSizeAndTime: a file replaced by another of the
+// same size and modification time (cp -p, rsync -t) is still seen as new.
+func TestBlocklistReplacedSameSizeAndTime(t *testing.T) {
+	dir := t.TempDir()
+	list := filepath.Join(dir, "blocklist.txt")
+	if err := os.WriteFile(list, []byte("sub:alice\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	bf, key, err := acquireBlocklist(list)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer releaseBlocklist(key)
+	bf.cancel() // the test plays the watcher
+	old, _ := os.Stat(list)
+
+	next := filepath.Join(dir, "next.txt")
+	if err := os.WriteFile(next, []byte("sub:bobby\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chtimes(next, old.ModTime(), old.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(next, list); err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := os.Stat(list)
+	if fi.Size() != old.Size() || !fi.ModTime().Equal(old.ModTime()) {
+		t.Fatal("test setup: the replacement differs in size or time")
+	}
+	if !bf.changed(fi) {
+		t.Fatal("a replaced file of the same size and time is not seen as changed")
+	}
+	if err := bf.reload(); err != nil {
+		t.Fatal(err)
+	}
+	if n := time.Now(); !bf.list().blockedToken("", "bobby", n) || bf.list().blockedToken("", "alice", n) {
+		t.Error("the replacement is not in force")
 	}
 }
