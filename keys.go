@@ -66,8 +66,7 @@ type keyring struct {
 	sets     []keyfunc.Keyfunc
 	remote   []keyfunc.Keyfunc // those of sets that are fetched over HTTP
 	setAlgs  []string          // algorithms the key sets may verify
-	hasFiles bool
-	poolKeys []string // of jwksSets, released by close
+	poolKeys []string          // of jwksSets, released by close
 	ctx      context.Context
 }
 
@@ -130,7 +129,6 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, er
 			return nil, fmt.Errorf("jwks_file %s: no usable keys", file)
 		}
 		k.sets = append(k.sets, kf)
-		k.hasFiles = true
 	}
 
 	for _, src := range h.JWKS {

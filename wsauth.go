@@ -47,19 +47,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	h.accepted(r, src, id)
 
 	// Caddy logs a request whose handler chain fails with the request as it
-	// arrived, and only redacts the Authorization and Cookie headers: a token
-	// in the query or the subprotocol list would be in that log line.
+	// arrived, stripped or not, and only redacts the Authorization and
+	// Cookie headers: a token in the query or the subprotocol list would be
+	// in that log line.
 	logged := false
+	for i := range h.sources {
+		if s := &h.sources[i]; (s.kind == sourceQuery || s.kind == sourceSubprotocol) && (s == src || s.read(r) != "") {
+			logged = true
+		}
+	}
 	if h.strip {
 		src.strip(r)
-		logged = src.kind == sourceQuery || src.kind == sourceSubprotocol
 		for i := range h.sources {
 			// Every source that holds a token, not only the one that won:
 			// a session cookie riding along with a query token is a token
 			// too.
 			if s := &h.sources[i]; s != src && s.read(r) != "" {
 				s.strip(r)
-				logged = logged || s.kind == sourceQuery || s.kind == sourceSubprotocol
 			}
 		}
 	}
