@@ -63,11 +63,18 @@ var (
 // are read from jwkset storage that refreshes itself in the background.
 type keyring struct {
 	static   map[string]any // alg -> key or jwt.VerificationKeySet
-	sets     []keyfunc.Keyfunc
-	remote   []keyfunc.Keyfunc // those of sets that are fetched over HTTP
-	setAlgs  []string          // algorithms the key sets may verify
-	poolKeys []string          // of jwksSets, released by close
+	sets     []jwkSource
+	setAlgs  []string // algorithms the key sets may verify
+	poolKeys []string // of jwksSets, released by close
 	ctx      context.Context
+}
+
+// jwkSource is a JWK Set, local or remote. Whether it is remote is a field,
+// not found by comparing keyfunc values: those hold slices, and comparing
+// them panics.
+type jwkSource struct {
+	kf     keyfunc.Keyfunc
+	remote bool // fetched over HTTP
 }
 
 func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, err error) {
@@ -128,7 +135,7 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, er
 		if err != nil || len(all) == 0 {
 			return nil, fmt.Errorf("jwks_file %s: no usable keys", file)
 		}
-		k.sets = append(k.sets, kf)
+		k.sets = append(k.sets, jwkSource{kf: kf})
 	}
 
 	for _, src := range h.JWKS {
@@ -140,8 +147,7 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, er
 			return nil, err
 		}
 		k.poolKeys = append(k.poolKeys, poolKey)
-		k.sets = append(k.sets, kf)
-		k.remote = append(k.remote, kf)
+		k.sets = append(k.sets, jwkSource{kf: kf, remote: true})
 	}
 	if len(h.JWKS) > 0 && len(h.Issuers) == 0 && len(h.Audiences) == 0 {
 		logger.Warn("jwks without issuer or audience: any token of this key set is accepted, including those minted for other applications")
@@ -203,15 +209,15 @@ func (k *keyring) lookup(alg, kid string) (any, error) {
 	}
 
 	if kid != "" {
-		for _, kf := range k.sets {
-			jwk, err := kf.Storage().KeyRead(k.ctx, kid)
+		for _, set := range k.sets {
+			jwk, err := set.kf.Storage().KeyRead(k.ctx, kid)
 			if err != nil {
 				continue
 			}
 			if a := jwk.Marshal().ALG.String(); a != "" && a != alg {
 				return nil, fmt.Errorf("key %q is for %s, token uses %s", truncate(kid, 64), a, alg)
 			}
-			key, ok := k.setKey(kf, jwk, alg)
+			key, ok := setKey(set, jwk, alg)
 			if !ok {
 				return nil, fmt.Errorf("key %q cannot verify %s", truncate(kid, 64), alg)
 			}
@@ -235,8 +241,8 @@ func (k *keyring) lookup(alg, kid string) (any, error) {
 	default:
 		set.Keys = append(set.Keys, s)
 	}
-	for _, kf := range k.sets {
-		all, err := kf.Storage().KeyReadAll(k.ctx)
+	for _, ks := range k.sets {
+		all, err := ks.kf.Storage().KeyReadAll(k.ctx)
 		if err != nil {
 			continue
 		}
@@ -244,7 +250,7 @@ func (k *keyring) lookup(alg, kid string) (any, error) {
 			if a := jwk.Marshal().ALG.String(); a != "" && a != alg {
 				continue
 			}
-			if key, ok := k.setKey(kf, jwk, alg); ok {
+			if key, ok := setKey(ks, jwk, alg); ok {
 				set.Keys = append(set.Keys, key)
 			}
 		}
@@ -262,12 +268,12 @@ func (k *keyring) lookup(alg, kid string) (any, error) {
 // a signing key ("use" absent or "sig") of the matching type, an RSA key of
 // at least 2048 bits, and a symmetric key only from a local file, since a
 // secret served over HTTP is no secret.
-func (k *keyring) setKey(kf keyfunc.Keyfunc, jwk jwkset.JWK, alg string) (any, bool) {
+func setKey(set jwkSource, jwk jwkset.JWK, alg string) (any, bool) {
 	if use := jwk.Marshal().USE; use != "" && use != jwkset.UseSig {
 		return nil, false
 	}
 	key := publicOf(jwk.Key())
-	if _, sym := key.([]byte); sym && slices.Contains(k.remote, kf) {
+	if _, sym := key.([]byte); sym && set.remote {
 		return nil, false
 	}
 	if rk, ok := key.(*rsa.PublicKey); ok && rk.N.BitLen() < minRSABits {
@@ -282,8 +288,11 @@ func (k *keyring) setKey(kf keyfunc.Keyfunc, jwk jwkset.JWK, alg string) (any, b
 // remote sets count: a local set (jwks_file) with keys says nothing of
 // the keys a remote one would bring.
 func (k *keyring) unfetched() bool {
-	for _, kf := range k.remote {
-		if all, err := kf.Storage().KeyReadAll(k.ctx); err != nil || len(all) == 0 {
+	for _, set := range k.sets {
+		if !set.remote {
+			continue
+		}
+		if all, err := set.kf.Storage().KeyReadAll(k.ctx); err != nil || len(all) == 0 {
 			return true
 		}
 	}
