@@ -41,24 +41,52 @@ func jwksPoolKey(u string, refresh, timeout time.Duration) string {
 	return fmt.Sprintf("%s|%s|%s", u, refresh, timeout)
 }
 
-// checkJWKSURL refuses what would let anyone on the path forge tokens: a
-// key set fetched over plain HTTP, except from this machine.
+// checkJWKSURL parses a configured key set URL and applies checkFetchURL.
 func checkJWKSURL(raw string) (*url.URL, error) {
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" {
 		return nil, fmt.Errorf("jwks: not a URL like https://idp.example.com/jwks.json")
 	}
-	switch u.Scheme {
-	case "https":
-	case "http":
-		host := u.Hostname()
-		if ip := net.ParseIP(host); !(host == "localhost" || ip != nil && ip.IsLoopback()) {
-			return nil, fmt.Errorf("jwks %s: use https; plain http is allowed only for loopback addresses", redactURL(u))
-		}
-	default:
-		return nil, fmt.Errorf("jwks %s: scheme must be https", redactURL(u))
+	if err := checkFetchURL(u); err != nil {
+		return nil, fmt.Errorf("jwks %s: %v", redactURL(u), err)
 	}
 	return u, nil
+}
+
+// checkFetchURL refuses a URL that keys may not be fetched from, because
+// anyone on the path could then forge tokens: plain http is allowed only
+// to this machine (localhost or a loopback address), and any scheme but
+// https and http is refused. It applies to the configured URL and to
+// every URL a fetch is redirected to.
+func checkFetchURL(u *url.URL) error {
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+		host := u.Hostname()
+		if ip := net.ParseIP(host); host == "localhost" || ip != nil && ip.IsLoopback() {
+			return nil
+		}
+		return fmt.Errorf("use https; plain http is allowed only for loopback addresses")
+	default:
+		return fmt.Errorf("scheme must be https")
+	}
+}
+
+// checkJWKSRedirect is the CheckRedirect of the key set client: at most 3
+// redirects, never from https to http, and every target must pass
+// checkFetchURL, so that it is refused before it is dialed.
+func checkJWKSRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= 3 {
+		return errors.New("too many redirects")
+	}
+	if req.URL.Scheme != "https" && via[0].URL.Scheme == "https" {
+		return errors.New("redirect from https to " + req.URL.Scheme)
+	}
+	if err := checkFetchURL(req.URL); err != nil {
+		return fmt.Errorf("redirect to %s: %v", redactURL(req.URL), err)
+	}
+	return nil
 }
 
 // redactURL is a URL for logs: no credentials, no query.
@@ -107,15 +135,7 @@ func newRemoteSet(u *url.URL, refresh, timeout time.Duration) (*remoteSet, error
 		Client: &http.Client{
 			Timeout:   timeout,
 			Transport: limitedTransport{rt: http.DefaultTransport, max: maxJWKSBody},
-			CheckRedirect: func(req *http.Request, via []*http.Request) error {
-				if len(via) >= 3 {
-					return errors.New("too many redirects")
-				}
-				if req.URL.Scheme != "https" && via[0].URL.Scheme == "https" {
-					return errors.New("redirect from https to " + req.URL.Scheme)
-				}
-				return nil
-			},
+			CheckRedirect: checkJWKSRedirect,
 		},
 		HTTPTimeout:               timeout,
 		NoErrorReturnFirstHTTPReq: &noErr,
