@@ -3,6 +3,7 @@ package wsauth
 import (
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/dustin/go-humanize"
 	"github.com/golang-jwt/jwt/v5"
@@ -142,11 +143,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				lastSub = sub
 				var dst *caddy.Duration
+				var check func(time.Duration) error
 				switch sub {
 				case "refresh":
-					dst = &src.Refresh
+					dst, check = &src.Refresh, checkJWKSRefresh
 				case "timeout":
-					dst = &src.Timeout
+					dst, check = &src.Timeout, checkJWKSTimeout
 				default:
 					return d.Errf("jwks: unrecognized subdirective '%s'", sub)
 				}
@@ -160,6 +162,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				dur, err := caddy.ParseDuration(v)
 				if err != nil || dur <= 0 {
 					return d.Errf("jwks %s: invalid duration %q", sub, v)
+				}
+				if err := check(dur); err != nil {
+					return d.Errf("jwks %s: %v", sub, err)
 				}
 				*dst = caddy.Duration(dur)
 			}

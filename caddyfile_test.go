@@ -294,6 +294,26 @@ func TestCaddyfileValidate(t *testing.T) {
 			want:    []string{"jwks", "https://"},
 		},
 		{
+			name:    "jwks refresh below the floor",
+			handler: `{"handler":"ws_auth","jwks":[{"url":"https://idp.example.com/jwks.json","refresh":"1ns"}]}`,
+			want:    []string{"jwks https://idp.example.com/jwks.json refresh: must be at least"},
+		},
+		{
+			name:    "jwks refresh negative",
+			handler: `{"handler":"ws_auth","jwks":[{"url":"https://idp.example.com/jwks.json","refresh":"-1h"}]}`,
+			want:    []string{"jwks https://idp.example.com/jwks.json refresh: must be at least"},
+		},
+		{
+			name:    "jwks timeout over 1m",
+			handler: `{"handler":"ws_auth","jwks":[{"url":"https://idp.example.com/jwks.json","timeout":"2m"}]}`,
+			want:    []string{"jwks https://idp.example.com/jwks.json timeout: must be more than 0 and at most 1m0s"},
+		},
+		{
+			name:    "jwks timeout negative",
+			handler: `{"handler":"ws_auth","jwks":[{"url":"https://idp.example.com/jwks.json","timeout":"-1s"}]}`,
+			want:    []string{"jwks https://idp.example.com/jwks.json timeout: must be more than 0"},
+		},
+		{
 			name:    "reject maybe",
 			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"reject":"maybe"}`,
 			want:    []string{"reject", "maybe"},

@@ -23,7 +23,39 @@ import (
 // handler that uses it.
 var jwksSets = caddy.NewUsagePool()
 
-const maxJWKSTimeout = time.Minute
+const (
+	// maxJWKSTimeout bounds one fetch: a fetch can hold up a config load,
+	// or a handshake whose kid is unknown.
+	maxJWKSTimeout = time.Minute
+	// defaultMinJWKSRefresh is the floor of refresh. Keys change seldom,
+	// and a token with a new kid makes the set be fetched at once anyway;
+	// a shorter refresh only loads the key server (1ns was fetching it
+	// thousands of times a second).
+	defaultMinJWKSRefresh = 10 * time.Second
+)
+
+// minJWKSRefresh is the shortest refresh allowed: defaultMinJWKSRefresh,
+// lowered by the tests, which watch a set being fetched again and cannot
+// wait that long each time.
+var minJWKSRefresh = defaultMinJWKSRefresh
+
+// checkJWKSRefresh is the rule for a key set's refresh, for the Caddyfile
+// and JSON alike; the caller names the option.
+func checkJWKSRefresh(d time.Duration) error {
+	if d < minJWKSRefresh {
+		return fmt.Errorf("must be at least %s (keys change seldom; a new kid is fetched at once)", minJWKSRefresh)
+	}
+	return nil
+}
+
+// checkJWKSTimeout is the rule for a key set's fetch timeout, for the
+// Caddyfile and JSON alike; the caller names the option.
+func checkJWKSTimeout(d time.Duration) error {
+	if d <= 0 || d > maxJWKSTimeout {
+		return fmt.Errorf("must be more than 0 and at most %s: a fetch can hold up a config load or a handshake", maxJWKSTimeout)
+	}
+	return nil
+}
 
 // remoteSet is a pooled remote JWK Set.
 type remoteSet struct {
@@ -101,14 +133,17 @@ func loadRemoteSet(src *JWKSSource, logger *zap.Logger) (keyfunc.Keyfunc, string
 		return nil, "", err
 	}
 	refresh, timeout := time.Duration(src.Refresh), time.Duration(src.Timeout)
-	if refresh <= 0 {
+	if refresh == 0 {
 		refresh = defaultJWKSRefresh
 	}
-	if timeout <= 0 {
+	if timeout == 0 {
 		timeout = defaultJWKSTimeout
 	}
-	if timeout > maxJWKSTimeout {
-		return nil, "", fmt.Errorf("jwks %s: timeout must be at most %s: a fetch can hold up a config load or a handshake", redactURL(u), maxJWKSTimeout)
+	if err := checkJWKSRefresh(refresh); err != nil {
+		return nil, "", fmt.Errorf("jwks %s refresh: %v", redactURL(u), err)
+	}
+	if err := checkJWKSTimeout(timeout); err != nil {
+		return nil, "", fmt.Errorf("jwks %s timeout: %v", redactURL(u), err)
 	}
 	key := jwksPoolKey(src.URL, refresh, timeout)
 	val, _, err := jwksSets.LoadOrNew(key, func() (caddy.Destructor, error) {
@@ -133,8 +168,8 @@ func newRemoteSet(u *url.URL, refresh, timeout time.Duration) (*remoteSet, error
 	noErr := true
 	kf, err := keyfunc.NewDefaultOverrideCtx(ctx, []string{u.String()}, keyfunc.Override{
 		Client: &http.Client{
-			Timeout:   timeout,
-			Transport: limitedTransport{rt: http.DefaultTransport, max: maxJWKSBody},
+			Timeout:       timeout,
+			Transport:     limitedTransport{rt: http.DefaultTransport, max: maxJWKSBody},
 			CheckRedirect: checkJWKSRedirect,
 		},
 		HTTPTimeout:               timeout,

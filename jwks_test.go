@@ -120,6 +120,13 @@ func jwkSetJSON(t testing.TB, keys ...jwkset.JWKMarshal) []byte {
 	return b
 }
 
+func init() {
+	// The tests watch a key set being fetched again (refresh 100ms, 1s)
+	// and cannot wait the real floor (10s) each time; TestJWKSRefreshFloor
+	// puts it back to check it.
+	minJWKSRefresh = 50 * time.Millisecond
+}
+
 // jwksSite is ws_auth with one remote key set and opts, in front of the
 // upstream.
 func jwksSite(url, refresh, opts string) string {
@@ -702,5 +709,32 @@ func TestJWKSFetchURLRule(t *testing.T) {
 	via := []*http.Request{req("https://a.example/"), req("https://b.example/"), req("https://c.example/")}
 	if err := checkJWKSRedirect(req("https://d.example/"), via); err == nil {
 		t.Errorf("a fourth redirect was allowed")
+	}
+}
+
+// TestJWKSRefreshFloor: with the floor the module ships with (10s; the
+// other tests lower it), a shorter refresh is refused at adapt time with
+// the Caddyfile line, and at load for JSON; the floor itself is allowed.
+func TestJWKSRefreshFloor(t *testing.T) {
+	lowered := minJWKSRefresh
+	minJWKSRefresh = defaultMinJWKSRefresh
+	t.Cleanup(func() { minJWKSRefresh = lowered })
+
+	site := func(refresh string) string {
+		return "\tws_auth {\n\t\tjwks https://idp.example.com/jwks.json {\n\t\t\trefresh " + refresh + "\n\t\t}\n\t}"
+	}
+	for _, refresh := range []string{"1ns", "9s"} {
+		stage, err := validateSite(site(refresh))
+		if err == nil || stage != "adapt" ||
+			!strings.Contains(err.Error(), "jwks refresh: must be at least 10s") || !parseErrLocation.MatchString(err.Error()) {
+			t.Errorf("refresh %s: error at %s: %v; want at adapt, with the floor and the line", refresh, stage, err)
+		}
+		js := `{"handler":"ws_auth","jwks":[{"url":"https://idp.example.com/jwks.json","refresh":"` + refresh + `"}]}`
+		if err := validateJSON(handlerConfig(js)); err == nil || !strings.Contains(err.Error(), "refresh: must be at least 10s") {
+			t.Errorf("JSON refresh %s: %v, want the floor", refresh, err)
+		}
+	}
+	if _, _, err := adaptCaddyfile("http://localhost:9080 {\n" + site("10s") + "\n}\n"); err != nil {
+		t.Errorf("refresh 10s: %v", err)
 	}
 }

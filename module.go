@@ -155,10 +155,12 @@ type JWKSSource struct {
 	// The URL of the JWK Set.
 	URL string `json:"url"`
 
-	// How often the set is fetched again. Default: 15m.
+	// How often the set is fetched again. Default: 15m; at least 10s
+	// (a token naming a kid the set lacks makes it be fetched at once,
+	// at most every 30s, whatever the refresh).
 	Refresh caddy.Duration `json:"refresh,omitempty"`
 
-	// Time allowed for one fetch. Default: 10s.
+	// Time allowed for one fetch. Default: 10s; at most 1m.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 }
 
