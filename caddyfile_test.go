@@ -202,7 +202,13 @@ func TestCaddyfileValidate(t *testing.T) {
 			name:  "secret placeholder that is not set",
 			site:  "\tws_auth {\n\t\tsecret {env.WSAUTH_TEST_UNSET_SECRET}\n\t}",
 			stage: "provision",
-			want:  []string{"secret 1", "empty"},
+			want:  []string{"secret {env.WSAUTH_TEST_UNSET_SECRET}: empty (is the environment variable set?)"},
+		},
+		{
+			name:  "secret base64 placeholder that is not set",
+			site:  "\tws_auth {\n\t\tsecret base64:{env.WSAUTH_TEST_UNSET_SECRET}\n\t}",
+			stage: "provision",
+			want:  []string{"secret base64:{env.WSAUTH_TEST_UNSET_SECRET}: empty (is the environment variable set?)"},
 		},
 		{
 			name:  "algorithms that no key verifies",
@@ -314,6 +320,11 @@ func TestCaddyfileValidate(t *testing.T) {
 			want:    []string{"jwks https://idp.example.com/jwks.json timeout: must be more than 0"},
 		},
 		{
+			name:    "secret empty",
+			handler: `{"handler":"ws_auth","secrets":[""]}`,
+			want:    []string{"secret 1: empty"},
+		},
+		{
 			name:    "reject maybe",
 			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"reject":"maybe"}`,
 			want:    []string{"reject", "maybe"},
@@ -331,6 +342,29 @@ func TestCaddyfileValidate(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestSecretErrorsKeepSecrets: an error about a secret shows the value
+// configured only when it is made of placeholders (which say where the
+// secret should have come from); a literal is named by its position.
+func TestSecretErrorsKeepSecrets(t *testing.T) {
+	const literal = "base64:not-base64-but-a-secret!"
+	err := validateJSON(handlerConfig(`{"handler":"ws_auth","secrets":["` + validateSecret + `","` + literal + `"]}`))
+	if err == nil {
+		t.Fatal("config loaded, want an error")
+	}
+	if !strings.Contains(err.Error(), "secret 2: invalid base64") {
+		t.Errorf("error %q does not name the secret by its position", err)
+	}
+	if strings.Contains(err.Error(), "not-base64-but-a-secret") {
+		t.Errorf("error %q shows the secret", err)
+	}
+	// A literal next to a placeholder is a literal.
+	t.Setenv("WSAUTH_TEST_EMPTY", "")
+	err = validateJSON(handlerConfig(`{"handler":"ws_auth","secrets":["base64:{env.WSAUTH_TEST_EMPTY}!!!"]}`))
+	if err == nil || strings.Contains(err.Error(), "{env.") || !strings.Contains(err.Error(), "secret 1:") {
+		t.Errorf("error %v, want the secret named by its position, not shown", err)
 	}
 }
 

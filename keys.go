@@ -94,9 +94,10 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, er
 
 	repl := caddy.NewReplacer()
 	for i, s := range h.Secrets {
-		secret, err := decodeSecret(repl.ReplaceKnown(s, ""))
+		v := repl.ReplaceKnown(s, "")
+		secret, err := decodeSecret(v)
 		if err != nil {
-			return nil, fmt.Errorf("secret %d: %v", i+1, err)
+			return nil, secretError(s, v, i, err)
 		}
 		if len(secret) < 32 {
 			logger.Warn("HMAC secret is shorter than 32 bytes; use a long random secret", zap.Int("secret", i+1))
@@ -383,7 +384,7 @@ func decodeSecret(s string) ([]byte, error) {
 	b64, ok := strings.CutPrefix(s, "base64:")
 	if !ok {
 		if s == "" {
-			return nil, fmt.Errorf("empty (is its placeholder set?)")
+			return nil, fmt.Errorf("empty")
 		}
 		return []byte(s), nil
 	}
@@ -396,6 +397,21 @@ func decodeSecret(s string) ([]byte, error) {
 		}
 	}
 	return nil, fmt.Errorf("invalid base64")
+}
+
+// secretError names the secret that err is about. A value made only of
+// placeholders (and the base64: prefix) is shown as configured, since it
+// tells where the secret should have come from; any other value is named
+// by its position, so that a literal secret never reaches an error or log.
+func secretError(configured, replaced string, i int, err error) error {
+	if rest, _ := strings.CutPrefix(replaced, "base64:"); rest == "" && replaced != configured {
+		hint := "is its placeholder set?"
+		if strings.Contains(configured, "{env.") {
+			hint = "is the environment variable set?"
+		}
+		return fmt.Errorf("secret %s: %v (%s)", configured, err, hint)
+	}
+	return fmt.Errorf("secret %d: %v", i+1, err)
 }
 
 // loadPEMPublicKeys reads every public key in a PEM file. A private key is
