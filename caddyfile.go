@@ -134,6 +134,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return err
 			}
+			// A placeholder is judged at load, when it has a value.
+			if !strings.Contains(url, "{") {
+				if _, err := checkJWKSURL(url); err != nil {
+					return d.WrapErr(err)
+				}
+			}
 			src := &JWKSSource{URL: url}
 			var lastSub string
 			for nesting := d.Nesting(); d.NextBlock(nesting); {
@@ -227,6 +233,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			dur, err := caddy.ParseDuration(v)
 			if err != nil || dur < 0 {
 				return d.Errf("leeway: invalid duration %q", v)
+			}
+			if err := checkLeeway(dur); err != nil {
+				return d.WrapErr(err)
 			}
 			h.Leeway = caddy.Duration(dur)
 
@@ -340,6 +349,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("rate_limit handshakes: want <n>/<duration> [per ip|user]")
 			}
 			n, win, err := parseRate(args[1])
+			if err == nil {
+				err = checkRate(n, win)
+			}
 			if err != nil {
 				return d.Errf("rate_limit handshakes: %v", err)
 			}
@@ -418,6 +430,9 @@ func parseTokenSource(d *caddyfile.Dispenser) (TokenSource, error) {
 			return ts, d.Errf("token_source %s: empty name", ts.Source)
 		}
 		ts.Name = rest[0]
+	}
+	if err := checkTokenSource(ts); err != nil {
+		return ts, d.WrapErr(err)
 	}
 	return ts, nil
 }

@@ -211,6 +211,12 @@ func TestCaddyfileValidate(t *testing.T) {
 			want:  []string{"secret base64:{env.WSAUTH_TEST_UNSET_SECRET}: empty (is the environment variable set?)"},
 		},
 		{
+			name:  "jwks URL with a placeholder is judged at load",
+			site:  "\tws_auth {\n\t\tjwks {env.WSAUTH_TEST_UNSET_URL}\n\t}",
+			stage: "provision",
+			want:  []string{"jwks: not a URL"},
+		},
+		{
 			name:  "algorithms that no key verifies",
 			site:  "\tws_auth {\n\t\tsecret " + validateSecret + "\n\t\talgorithms RS256\n\t}",
 			stage: "provision",
@@ -318,6 +324,46 @@ func TestCaddyfileValidate(t *testing.T) {
 			name:    "jwks timeout negative",
 			handler: `{"handler":"ws_auth","jwks":[{"url":"https://idp.example.com/jwks.json","timeout":"-1s"}]}`,
 			want:    []string{"jwks https://idp.example.com/jwks.json timeout: must be more than 0"},
+		},
+		{
+			name:    "rate_limit handshakes faster than 1ms per event",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"handshake_rate":{"events":10000,"window":"1s"}}`,
+			want:    []string{"rate_limit handshakes: the window must be at most 8784h0m0s, and at least 1ms per event"},
+		},
+		{
+			name:    "rate_limit handshakes window over a year",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"handshake_rate":{"events":1,"window":"367d"}}`,
+			want:    []string{"rate_limit handshakes: the window must be at most 8784h0m0s, and at least 1ms per event"},
+		},
+		{
+			name:    "token_source header with an invalid name",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"token_sources":[{"source":"header","name":"X Token"}]}`,
+			want:    []string{`token_source header: "X Token" is not a valid header field name`},
+		},
+		{
+			name:    "token_source header with a scheme holding a space",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"token_sources":[{"source":"header","name":"Authorization","scheme":"Bearer x"}]}`,
+			want:    []string{`token_source header: scheme "Bearer x" is not a valid authentication scheme`},
+		},
+		{
+			name:    "token_source subprotocol marker with a comma",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"token_sources":[{"source":"subprotocol","name":"access_token, x"}]}`,
+			want:    []string{`token_source subprotocol: marker "access_token, x" is not a valid subprotocol`},
+		},
+		{
+			name:    "token_source cookie with an invalid name",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"allowed_origins":["https://app.example.com"],"token_sources":[{"source":"cookie","name":"a;b"}]}`,
+			want:    []string{`token_source cookie: "a;b" is not a valid cookie name`},
+		},
+		{
+			name:    "token_source first_message timeout over 1m",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"token_sources":[{"source":"first_message","timeout":"2m"}]}`,
+			want:    []string{"token_source first_message: timeout must be between 0 and 1m0s"},
+		},
+		{
+			name:    "leeway over 1h",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"leeway":"2h"}`,
+			want:    []string{"leeway: must be at most 1h0m0s (a longer leeway makes exp meaningless)"},
 		},
 		{
 			name:    "secret empty",
