@@ -70,8 +70,13 @@ func parseCaddyfile(helper httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 //
 // What the Caddyfile alone decides is checked here, so that the error
 // names the file and line: algorithm names ("none" is refused), origin
-// patterns, scopes, and that a cookie token source comes with
-// allowed_origins. Keys and files are checked at provision.
+// patterns, scopes, that a cookie token source comes with allowed_origins,
+// token source names and schemes (header field names, cookie names and
+// subprotocol markers must be tokens), a jwks URL (https, or plain http to
+// a loopback address; one with a placeholder is checked at load), jwks
+// refresh (at least 10s) and timeout (at most 1m), rate_limit bounds and
+// leeway (at most 1h). The same rules run again at provision, for JSON
+// configs. Keys and files are checked at provision.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	if d.NextArg() {

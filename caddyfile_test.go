@@ -361,6 +361,11 @@ func TestCaddyfileValidate(t *testing.T) {
 			want:    []string{"token_source first_message: timeout must be between 0 and 1m0s"},
 		},
 		{
+			name:    "token_source query with a timeout",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"token_sources":[{"source":"query","timeout":"5s"}]}`,
+			want:    []string{"token_source query: timeout applies to first_message only"},
+		},
+		{
 			name:    "leeway over 1h",
 			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"leeway":"2h"}`,
 			want:    []string{"leeway: must be at most 1h0m0s (a longer leeway makes exp meaningless)"},

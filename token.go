@@ -146,6 +146,9 @@ func checkTokenSource(s TokenSource) error {
 			return fmt.Errorf("token_source subprotocol: marker %q is not a valid subprotocol (a token: no spaces, commas or separators)", s.Name)
 		}
 	}
+	if s.Timeout != 0 && s.Source != "first_message" {
+		return fmt.Errorf("token_source %s: timeout applies to first_message only", s.Source)
+	}
 	if s.Timeout < 0 || time.Duration(s.Timeout) > maxFirstMessageTimeout {
 		return fmt.Errorf("token_source %s: timeout must be between 0 and %s", s.Source, maxFirstMessageTimeout)
 	}
