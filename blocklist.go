@@ -285,15 +285,11 @@ var errInFlux = errors.New("file changed while it was read")
 // reload reads and parses the file, and puts it in force if it parses. The
 // file's stat is recorded either way, so a bad version is reported once.
 func (bf *blocklistFile) reload() error {
-	f, err := os.Open(bf.path)
+	f, fi, err := openRegular(bf.path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return err
-	}
 	if fi.Size() > maxBlocklistFile {
 		bf.seen = fi
 		return fmt.Errorf("larger than %d bytes", maxBlocklistFile)

@@ -3,6 +3,7 @@ package wsauth
 import (
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/dustin/go-humanize"
 	"github.com/golang-jwt/jwt/v5"
@@ -69,8 +70,13 @@ func parseCaddyfile(helper httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 //
 // What the Caddyfile alone decides is checked here, so that the error
 // names the file and line: algorithm names ("none" is refused), origin
-// patterns, scopes, and that a cookie token source comes with
-// allowed_origins. Keys and files are checked at provision.
+// patterns, scopes, that a cookie token source comes with allowed_origins,
+// token source names and schemes (header field names, cookie names and
+// subprotocol markers must be tokens), a jwks URL (https, or plain http to
+// a loopback address; one with a placeholder is checked at load), jwks
+// refresh (at least 10s) and timeout (at most 1m), rate_limit bounds and
+// leeway (at most 1h). The same rules run again at provision, for JSON
+// configs. Keys and files are checked at provision.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	if d.NextArg() {
@@ -133,6 +139,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return err
 			}
+			// A placeholder is judged at load, when it has a value.
+			if !strings.Contains(url, "{") {
+				if _, err := checkJWKSURL(url); err != nil {
+					return d.WrapErr(err)
+				}
+			}
 			src := &JWKSSource{URL: url}
 			var lastSub string
 			for nesting := d.Nesting(); d.NextBlock(nesting); {
@@ -142,11 +154,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				lastSub = sub
 				var dst *caddy.Duration
+				var check func(time.Duration) error
 				switch sub {
 				case "refresh":
-					dst = &src.Refresh
+					dst, check = &src.Refresh, checkJWKSRefresh
 				case "timeout":
-					dst = &src.Timeout
+					dst, check = &src.Timeout, checkJWKSTimeout
 				default:
 					return d.Errf("jwks: unrecognized subdirective '%s'", sub)
 				}
@@ -160,6 +173,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				dur, err := caddy.ParseDuration(v)
 				if err != nil || dur <= 0 {
 					return d.Errf("jwks %s: invalid duration %q", sub, v)
+				}
+				if err := check(dur); err != nil {
+					return d.Errf("jwks %s: %v", sub, err)
 				}
 				*dst = caddy.Duration(dur)
 			}
@@ -222,6 +238,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			dur, err := caddy.ParseDuration(v)
 			if err != nil || dur < 0 {
 				return d.Errf("leeway: invalid duration %q", v)
+			}
+			if err := checkLeeway(dur); err != nil {
+				return d.WrapErr(err)
 			}
 			h.Leeway = caddy.Duration(dur)
 
@@ -335,6 +354,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("rate_limit handshakes: want <n>/<duration> [per ip|user]")
 			}
 			n, win, err := parseRate(args[1])
+			if err == nil {
+				err = checkRate(n, win)
+			}
 			if err != nil {
 				return d.Errf("rate_limit handshakes: %v", err)
 			}
@@ -413,6 +435,9 @@ func parseTokenSource(d *caddyfile.Dispenser) (TokenSource, error) {
 			return ts, d.Errf("token_source %s: empty name", ts.Source)
 		}
 		ts.Name = rest[0]
+	}
+	if err := checkTokenSource(ts); err != nil {
+		return ts, d.WrapErr(err)
 	}
 	return ts, nil
 }

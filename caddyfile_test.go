@@ -202,7 +202,19 @@ func TestCaddyfileValidate(t *testing.T) {
 			name:  "secret placeholder that is not set",
 			site:  "\tws_auth {\n\t\tsecret {env.WSAUTH_TEST_UNSET_SECRET}\n\t}",
 			stage: "provision",
-			want:  []string{"secret 1", "empty"},
+			want:  []string{"secret {env.WSAUTH_TEST_UNSET_SECRET}: empty (is the environment variable set?)"},
+		},
+		{
+			name:  "secret base64 placeholder that is not set",
+			site:  "\tws_auth {\n\t\tsecret base64:{env.WSAUTH_TEST_UNSET_SECRET}\n\t}",
+			stage: "provision",
+			want:  []string{"secret base64:{env.WSAUTH_TEST_UNSET_SECRET}: empty (is the environment variable set?)"},
+		},
+		{
+			name:  "jwks URL with a placeholder is judged at load",
+			site:  "\tws_auth {\n\t\tjwks {env.WSAUTH_TEST_UNSET_URL}\n\t}",
+			stage: "provision",
+			want:  []string{"jwks: not a URL"},
 		},
 		{
 			name:  "algorithms that no key verifies",
@@ -294,6 +306,76 @@ func TestCaddyfileValidate(t *testing.T) {
 			want:    []string{"jwks", "https://"},
 		},
 		{
+			name:    "jwks refresh below the floor",
+			handler: `{"handler":"ws_auth","jwks":[{"url":"https://idp.example.com/jwks.json","refresh":"1ns"}]}`,
+			want:    []string{"jwks https://idp.example.com/jwks.json refresh: must be at least"},
+		},
+		{
+			name:    "jwks refresh negative",
+			handler: `{"handler":"ws_auth","jwks":[{"url":"https://idp.example.com/jwks.json","refresh":"-1h"}]}`,
+			want:    []string{"jwks https://idp.example.com/jwks.json refresh: must be at least"},
+		},
+		{
+			name:    "jwks timeout over 1m",
+			handler: `{"handler":"ws_auth","jwks":[{"url":"https://idp.example.com/jwks.json","timeout":"2m"}]}`,
+			want:    []string{"jwks https://idp.example.com/jwks.json timeout: must be more than 0 and at most 1m0s"},
+		},
+		{
+			name:    "jwks timeout negative",
+			handler: `{"handler":"ws_auth","jwks":[{"url":"https://idp.example.com/jwks.json","timeout":"-1s"}]}`,
+			want:    []string{"jwks https://idp.example.com/jwks.json timeout: must be more than 0"},
+		},
+		{
+			name:    "rate_limit handshakes faster than 1ms per event",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"handshake_rate":{"events":10000,"window":"1s"}}`,
+			want:    []string{"rate_limit handshakes: the window must be at most 8784h0m0s, and at least 1ms per event"},
+		},
+		{
+			name:    "rate_limit handshakes window over a year",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"handshake_rate":{"events":1,"window":"367d"}}`,
+			want:    []string{"rate_limit handshakes: the window must be at most 8784h0m0s, and at least 1ms per event"},
+		},
+		{
+			name:    "token_source header with an invalid name",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"token_sources":[{"source":"header","name":"X Token"}]}`,
+			want:    []string{`token_source header: "X Token" is not a valid header field name`},
+		},
+		{
+			name:    "token_source header with a scheme holding a space",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"token_sources":[{"source":"header","name":"Authorization","scheme":"Bearer x"}]}`,
+			want:    []string{`token_source header: scheme "Bearer x" is not a valid authentication scheme`},
+		},
+		{
+			name:    "token_source subprotocol marker with a comma",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"token_sources":[{"source":"subprotocol","name":"access_token, x"}]}`,
+			want:    []string{`token_source subprotocol: marker "access_token, x" is not a valid subprotocol`},
+		},
+		{
+			name:    "token_source cookie with an invalid name",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"allowed_origins":["https://app.example.com"],"token_sources":[{"source":"cookie","name":"a;b"}]}`,
+			want:    []string{`token_source cookie: "a;b" is not a valid cookie name`},
+		},
+		{
+			name:    "token_source first_message timeout over 1m",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"token_sources":[{"source":"first_message","timeout":"2m"}]}`,
+			want:    []string{"token_source first_message: timeout must be between 0 and 1m0s"},
+		},
+		{
+			name:    "token_source query with a timeout",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"token_sources":[{"source":"query","timeout":"5s"}]}`,
+			want:    []string{"token_source query: timeout applies to first_message only"},
+		},
+		{
+			name:    "leeway over 1h",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"leeway":"2h"}`,
+			want:    []string{"leeway: must be at most 1h0m0s (a longer leeway makes exp meaningless)"},
+		},
+		{
+			name:    "secret empty",
+			handler: `{"handler":"ws_auth","secrets":[""]}`,
+			want:    []string{"secret 1: empty"},
+		},
+		{
 			name:    "reject maybe",
 			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"reject":"maybe"}`,
 			want:    []string{"reject", "maybe"},
@@ -311,6 +393,29 @@ func TestCaddyfileValidate(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestSecretErrorsKeepSecrets: an error about a secret shows the value
+// configured only when it is made of placeholders (which say where the
+// secret should have come from); a literal is named by its position.
+func TestSecretErrorsKeepSecrets(t *testing.T) {
+	const literal = "base64:not-base64-but-a-secret!"
+	err := validateJSON(handlerConfig(`{"handler":"ws_auth","secrets":["` + validateSecret + `","` + literal + `"]}`))
+	if err == nil {
+		t.Fatal("config loaded, want an error")
+	}
+	if !strings.Contains(err.Error(), "secret 2: invalid base64") {
+		t.Errorf("error %q does not name the secret by its position", err)
+	}
+	if strings.Contains(err.Error(), "not-base64-but-a-secret") {
+		t.Errorf("error %q shows the secret", err)
+	}
+	// A literal next to a placeholder is a literal.
+	t.Setenv("WSAUTH_TEST_EMPTY", "")
+	err = validateJSON(handlerConfig(`{"handler":"ws_auth","secrets":["base64:{env.WSAUTH_TEST_EMPTY}!!!"]}`))
+	if err == nil || strings.Contains(err.Error(), "{env.") || !strings.Contains(err.Error(), "secret 1:") {
+		t.Errorf("error %v, want the secret named by its position, not shown", err)
 	}
 }
 

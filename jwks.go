@@ -23,7 +23,39 @@ import (
 // handler that uses it.
 var jwksSets = caddy.NewUsagePool()
 
-const maxJWKSTimeout = time.Minute
+const (
+	// maxJWKSTimeout bounds one fetch: a fetch can hold up a config load,
+	// or a handshake whose kid is unknown.
+	maxJWKSTimeout = time.Minute
+	// defaultMinJWKSRefresh is the floor of refresh. Keys change seldom,
+	// and a token with a new kid makes the set be fetched at once anyway;
+	// a shorter refresh only loads the key server (1ns was fetching it
+	// thousands of times a second).
+	defaultMinJWKSRefresh = 10 * time.Second
+)
+
+// minJWKSRefresh is the shortest refresh allowed: defaultMinJWKSRefresh,
+// lowered by the tests, which watch a set being fetched again and cannot
+// wait that long each time.
+var minJWKSRefresh = defaultMinJWKSRefresh
+
+// checkJWKSRefresh is the rule for a key set's refresh, for the Caddyfile
+// and JSON alike; the caller names the option.
+func checkJWKSRefresh(d time.Duration) error {
+	if d < minJWKSRefresh {
+		return fmt.Errorf("must be at least %s (keys change seldom; a new kid is fetched at once)", minJWKSRefresh)
+	}
+	return nil
+}
+
+// checkJWKSTimeout is the rule for a key set's fetch timeout, for the
+// Caddyfile and JSON alike; the caller names the option.
+func checkJWKSTimeout(d time.Duration) error {
+	if d <= 0 || d > maxJWKSTimeout {
+		return fmt.Errorf("must be more than 0 and at most %s: a fetch can hold up a config load or a handshake", maxJWKSTimeout)
+	}
+	return nil
+}
 
 // remoteSet is a pooled remote JWK Set.
 type remoteSet struct {
@@ -41,24 +73,52 @@ func jwksPoolKey(u string, refresh, timeout time.Duration) string {
 	return fmt.Sprintf("%s|%s|%s", u, refresh, timeout)
 }
 
-// checkJWKSURL refuses what would let anyone on the path forge tokens: a
-// key set fetched over plain HTTP, except from this machine.
+// checkJWKSURL parses a configured key set URL and applies checkFetchURL.
 func checkJWKSURL(raw string) (*url.URL, error) {
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" {
 		return nil, fmt.Errorf("jwks: not a URL like https://idp.example.com/jwks.json")
 	}
-	switch u.Scheme {
-	case "https":
-	case "http":
-		host := u.Hostname()
-		if ip := net.ParseIP(host); !(host == "localhost" || ip != nil && ip.IsLoopback()) {
-			return nil, fmt.Errorf("jwks %s: use https; plain http is allowed only for loopback addresses", redactURL(u))
-		}
-	default:
-		return nil, fmt.Errorf("jwks %s: scheme must be https", redactURL(u))
+	if err := checkFetchURL(u); err != nil {
+		return nil, fmt.Errorf("jwks %s: %v", redactURL(u), err)
 	}
 	return u, nil
+}
+
+// checkFetchURL refuses a URL that keys may not be fetched from, because
+// anyone on the path could then forge tokens: plain http is allowed only
+// to this machine (localhost or a loopback address), and any scheme but
+// https and http is refused. It applies to the configured URL and to
+// every URL a fetch is redirected to.
+func checkFetchURL(u *url.URL) error {
+	switch u.Scheme {
+	case "https":
+		return nil
+	case "http":
+		host := u.Hostname()
+		if ip := net.ParseIP(host); host == "localhost" || ip != nil && ip.IsLoopback() {
+			return nil
+		}
+		return fmt.Errorf("use https; plain http is allowed only for loopback addresses")
+	default:
+		return fmt.Errorf("scheme must be https")
+	}
+}
+
+// checkJWKSRedirect is the CheckRedirect of the key set client: at most 3
+// redirects, never from https to http, and every target must pass
+// checkFetchURL, so that it is refused before it is dialed.
+func checkJWKSRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= 3 {
+		return errors.New("too many redirects")
+	}
+	if req.URL.Scheme != "https" && via[0].URL.Scheme == "https" {
+		return errors.New("redirect from https to " + req.URL.Scheme)
+	}
+	if err := checkFetchURL(req.URL); err != nil {
+		return fmt.Errorf("redirect to %s: %v", redactURL(req.URL), err)
+	}
+	return nil
 }
 
 // redactURL is a URL for logs: no credentials, no query.
@@ -73,14 +133,17 @@ func loadRemoteSet(src *JWKSSource, logger *zap.Logger) (keyfunc.Keyfunc, string
 		return nil, "", err
 	}
 	refresh, timeout := time.Duration(src.Refresh), time.Duration(src.Timeout)
-	if refresh <= 0 {
+	if refresh == 0 {
 		refresh = defaultJWKSRefresh
 	}
-	if timeout <= 0 {
+	if timeout == 0 {
 		timeout = defaultJWKSTimeout
 	}
-	if timeout > maxJWKSTimeout {
-		return nil, "", fmt.Errorf("jwks %s: timeout must be at most %s: a fetch can hold up a config load or a handshake", redactURL(u), maxJWKSTimeout)
+	if err := checkJWKSRefresh(refresh); err != nil {
+		return nil, "", fmt.Errorf("jwks %s refresh: %v", redactURL(u), err)
+	}
+	if err := checkJWKSTimeout(timeout); err != nil {
+		return nil, "", fmt.Errorf("jwks %s timeout: %v", redactURL(u), err)
 	}
 	key := jwksPoolKey(src.URL, refresh, timeout)
 	val, _, err := jwksSets.LoadOrNew(key, func() (caddy.Destructor, error) {
@@ -105,17 +168,9 @@ func newRemoteSet(u *url.URL, refresh, timeout time.Duration) (*remoteSet, error
 	noErr := true
 	kf, err := keyfunc.NewDefaultOverrideCtx(ctx, []string{u.String()}, keyfunc.Override{
 		Client: &http.Client{
-			Timeout:   timeout,
-			Transport: limitedTransport{rt: http.DefaultTransport, max: maxJWKSBody},
-			CheckRedirect: func(req *http.Request, via []*http.Request) error {
-				if len(via) >= 3 {
-					return errors.New("too many redirects")
-				}
-				if req.URL.Scheme != "https" && via[0].URL.Scheme == "https" {
-					return errors.New("redirect from https to " + req.URL.Scheme)
-				}
-				return nil
-			},
+			Timeout:       timeout,
+			Transport:     limitedTransport{rt: http.DefaultTransport, max: maxJWKSBody},
+			CheckRedirect: checkJWKSRedirect,
 		},
 		HTTPTimeout:               timeout,
 		NoErrorReturnFirstHTTPReq: &noErr,

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -117,6 +118,13 @@ func jwkSetJSON(t testing.TB, keys ...jwkset.JWKMarshal) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+func init() {
+	// The tests watch a key set being fetched again (refresh 100ms, 1s)
+	// and cannot wait the real floor (10s) each time; TestJWKSRefreshFloor
+	// puts it back to check it.
+	minJWKSRefresh = 50 * time.Millisecond
 }
 
 // jwksSite is ws_auth with one remote key set and opts, in front of the
@@ -594,5 +602,139 @@ func TestJWKSSurvivesReload(t *testing.T) {
 	}
 	if n := srv.fetches.Load(); n != fetched {
 		t.Errorf("the reload fetched the set again (%d fetches, was %d)", n, fetched)
+	}
+}
+
+// TestJWKSRedirects: plain http is allowed only for loopback addresses,
+// and that holds for every URL a fetch is redirected to, not only the one
+// configured: a loopback endpoint redirecting elsewhere over plain http
+// would let anyone on that path serve the keys. The redirect is refused
+// before the target is dialed, so the set stays unfetched
+// ("unavailable"); a redirect from loopback to loopback still works.
+func TestJWKSRedirects(t *testing.T) {
+	keys := testKeys()
+	target := newJWKSServer(t, standardSet(t)...)
+	_, port, err := net.SplitHostPort(target.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := sign(t, jwt.SigningMethodRS256, keys.rsa, claims("alice"), "rsa-1")
+	for _, tc := range []struct {
+		name, to, want string
+	}{
+		// Not a loopback address by the rule, but on Linux a dial to
+		// 0.0.0.0 reaches this machine: a redirect that the rule does
+		// not stop is followed and its keys are trusted.
+		{"to 0.0.0.0 over http", "http://0.0.0.0:" + port + "/jwks", "unavailable"},
+		// No network here: must be refused before any lookup or dial.
+		{"to another host over http", "http://example.invalid/jwks", "unavailable"},
+		{"to another scheme", "ftp://127.0.0.1:" + port + "/jwks", "unavailable"},
+		{"loopback to loopback", "http://localhost:" + port + "/jwks", "accepted"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var redirected atomic.Int64
+			redirector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				redirected.Add(1)
+				http.Redirect(w, r, tc.to, http.StatusFound)
+			}))
+			t.Cleanup(redirector.Close)
+			before := target.fetches.Load()
+			up := newUpstream(t)
+			addr := startCaddy(t, jwksSite(redirector.URL+"/jwks", "1h", ""), up.addr())
+			checkUpstreamSaw(t, up, runTokenCases(t, addr, "close", []attackCase{{"RS256, kid", tok, tc.want}}))
+			if redirected.Load() == 0 {
+				t.Errorf("the configured URL was never fetched")
+			}
+			fetched := target.fetches.Load() - before
+			if tc.want == "unavailable" && fetched != 0 {
+				t.Errorf("the redirect target was fetched %d times, want never", fetched)
+			}
+		})
+	}
+}
+
+// TestJWKSFetchURLRule: the rule that both the configured URL and every
+// redirect target must pass; it needs no network.
+func TestJWKSFetchURLRule(t *testing.T) {
+	for raw, ok := range map[string]bool{
+		"https://idp.example.com/jwks.json": true,
+		"https://127.0.0.1/jwks":            true,
+		"http://127.0.0.1:8080/jwks":        true,
+		"http://127.1.2.3/jwks":             true,
+		"http://[::1]:8080/jwks":            true,
+		"http://localhost/jwks":             true,
+		"http://idp.example.com/jwks.json":  false,
+		"http://0.0.0.0/jwks":               false,
+		"http://192.0.2.1/jwks":             false,
+		"http://localhost.example.com/jwks": false,
+		"ftp://127.0.0.1/jwks":              false,
+		"file:///etc/jwks.json":             false,
+		"ws://127.0.0.1/jwks":               false,
+	} {
+		u, err := url.Parse(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := checkFetchURL(u); (err == nil) != ok {
+			t.Errorf("checkFetchURL(%q) = %v, want allowed %t", raw, err, ok)
+		}
+	}
+
+	// The redirect check: the same rule, applied to the target, plus no
+	// downgrade from https and a bound on the chain.
+	req := func(raw string) *http.Request {
+		r, err := http.NewRequest("GET", raw, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	for _, tc := range []struct {
+		from, to string
+		ok       bool
+	}{
+		{"http://127.0.0.1/jwks", "https://idp.example.com/jwks", true},
+		{"http://127.0.0.1/jwks", "http://localhost:8080/jwks", true},
+		{"https://idp.example.com/jwks", "https://keys.example.net/jwks", true},
+		{"http://127.0.0.1/jwks", "http://idp.example.com/jwks", false},
+		{"http://127.0.0.1/jwks", "http://example.invalid/jwks", false},
+		{"http://127.0.0.1/jwks", "ftp://127.0.0.1/jwks", false},
+		{"https://idp.example.com/jwks", "http://127.0.0.1/jwks", false},
+	} {
+		err := checkJWKSRedirect(req(tc.to), []*http.Request{req(tc.from)})
+		if (err == nil) != tc.ok {
+			t.Errorf("redirect %s -> %s: %v, want allowed %t", tc.from, tc.to, err, tc.ok)
+		}
+	}
+	via := []*http.Request{req("https://a.example/"), req("https://b.example/"), req("https://c.example/")}
+	if err := checkJWKSRedirect(req("https://d.example/"), via); err == nil {
+		t.Errorf("a fourth redirect was allowed")
+	}
+}
+
+// TestJWKSRefreshFloor: with the floor the module ships with (10s; the
+// other tests lower it), a shorter refresh is refused at adapt time with
+// the Caddyfile line, and at load for JSON; the floor itself is allowed.
+func TestJWKSRefreshFloor(t *testing.T) {
+	lowered := minJWKSRefresh
+	minJWKSRefresh = defaultMinJWKSRefresh
+	t.Cleanup(func() { minJWKSRefresh = lowered })
+
+	site := func(refresh string) string {
+		return "\tws_auth {\n\t\tjwks https://idp.example.com/jwks.json {\n\t\t\trefresh " + refresh + "\n\t\t}\n\t}"
+	}
+	for _, refresh := range []string{"1ns", "9s"} {
+		stage, err := validateSite(site(refresh))
+		if err == nil || stage != "adapt" ||
+			!strings.Contains(err.Error(), "jwks refresh: must be at least 10s") || !parseErrLocation.MatchString(err.Error()) {
+			t.Errorf("refresh %s: error at %s: %v; want at adapt, with the floor and the line", refresh, stage, err)
+		}
+		js := `{"handler":"ws_auth","jwks":[{"url":"https://idp.example.com/jwks.json","refresh":"` + refresh + `"}]}`
+		if err := validateJSON(handlerConfig(js)); err == nil || !strings.Contains(err.Error(), "refresh: must be at least 10s") {
+			t.Errorf("JSON refresh %s: %v, want the floor", refresh, err)
+		}
+	}
+	if _, _, err := adaptCaddyfile("http://localhost:9080 {\n" + site("10s") + "\n}\n"); err != nil {
+		t.Errorf("refresh 10s: %v", err)
 	}
 }

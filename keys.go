@@ -46,6 +46,9 @@ var (
 const (
 	// maxJWKSBody bounds a JWK Set response; real sets are a few KiB.
 	maxJWKSBody = 1 << 20
+	// maxKeyFile bounds a public_key or jwks_file file, as maxJWKSBody
+	// bounds a fetched set: real ones are a few KiB.
+	maxKeyFile = 1 << 20
 	// jwksUnknownKIDEvery is how often an unknown kid may trigger a refetch.
 	jwksUnknownKIDEvery = 30 * time.Second
 	minRSABits          = 2048
@@ -98,9 +101,10 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, er
 
 	repl := caddy.NewReplacer()
 	for i, s := range h.Secrets {
-		secret, err := decodeSecret(repl.ReplaceKnown(s, ""))
+		v := repl.ReplaceKnown(s, "")
+		secret, err := decodeSecret(v)
 		if err != nil {
-			return nil, fmt.Errorf("secret %d: %v", i+1, err)
+			return nil, secretError(s, v, i, err)
 		}
 		if len(secret) < 32 {
 			logger.Warn("HMAC secret is shorter than 32 bytes; use a long random secret", zap.Int("secret", i+1))
@@ -123,9 +127,9 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, er
 	}
 
 	for _, file := range h.JWKSFiles {
-		raw, err := os.ReadFile(file)
+		raw, err := readSmallFile(file, maxKeyFile)
 		if err != nil {
-			return nil, fmt.Errorf("jwks_file: %v", err)
+			return nil, fmt.Errorf("jwks_file %s: %v", file, err)
 		}
 		kf, err := keyfunc.NewJWKSetJSON(raw)
 		if err != nil {
@@ -389,7 +393,7 @@ func decodeSecret(s string) ([]byte, error) {
 	b64, ok := strings.CutPrefix(s, "base64:")
 	if !ok {
 		if s == "" {
-			return nil, fmt.Errorf("empty (is its placeholder set?)")
+			return nil, fmt.Errorf("empty")
 		}
 		return []byte(s), nil
 	}
@@ -404,10 +408,25 @@ func decodeSecret(s string) ([]byte, error) {
 	return nil, fmt.Errorf("invalid base64")
 }
 
+// secretError names the secret that err is about. A value made only of
+// placeholders (and the base64: prefix) is shown as configured, since it
+// tells where the secret should have come from; any other value is named
+// by its position, so that a literal secret never reaches an error or log.
+func secretError(configured, replaced string, i int, err error) error {
+	if rest, _ := strings.CutPrefix(replaced, "base64:"); rest == "" && replaced != configured {
+		hint := "is its placeholder set?"
+		if strings.Contains(configured, "{env.") {
+			hint = "is the environment variable set?"
+		}
+		return fmt.Errorf("secret %s: %v (%s)", configured, err, hint)
+	}
+	return fmt.Errorf("secret %d: %v", i+1, err)
+}
+
 // loadPEMPublicKeys reads every public key in a PEM file. A private key is
 // refused: the file would be a secret worth stealing, and is not needed.
 func loadPEMPublicKeys(file string) ([]any, error) {
-	data, err := os.ReadFile(file)
+	data, err := readSmallFile(file, maxKeyFile)
 	if err != nil {
 		return nil, err
 	}
@@ -458,6 +477,72 @@ func loadPEMPublicKeys(file string) ([]any, error) {
 		return nil, fmt.Errorf("no public key found (want PEM: PUBLIC KEY, RSA PUBLIC KEY or CERTIFICATE)")
 	}
 	return keys, nil
+}
+
+// readSmallFile reads a regular file of at most max bytes. The read is
+// bounded whatever the file's size says: a file can grow after the Stat,
+// and some (in /proc) report a size of 0.
+func readSmallFile(path string, max int64) ([]byte, error) {
+	f, fi, err := openRegular(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if fi.Size() > max {
+		return nil, fmt.Errorf("larger than %d bytes", max)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(data)) > max {
+		return nil, fmt.Errorf("larger than %d bytes", max)
+	}
+	return data, nil
+}
+
+// openRegular opens a file for reading if it is a regular file. Anything
+// else is refused before it is opened: a device such as /dev/zero never
+// ends, and opening a FIFO blocks until a writer comes.
+func openRegular(path string) (*os.File, os.FileInfo, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := checkRegular(fi); err != nil {
+		return nil, nil, err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	// What was opened may not be what was looked at.
+	if fi, err = f.Stat(); err == nil {
+		err = checkRegular(fi)
+	}
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, fi, nil
+}
+
+func checkRegular(fi os.FileInfo) error {
+	if fi.Mode().IsRegular() {
+		return nil
+	}
+	what := "a special file"
+	switch m := fi.Mode(); {
+	case m.IsDir():
+		what = "a directory"
+	case m&os.ModeNamedPipe != 0:
+		what = "a named pipe"
+	case m&os.ModeSocket != 0:
+		what = "a socket"
+	case m&os.ModeDevice != 0:
+		what = "a device"
+	}
+	return fmt.Errorf("not a regular file (%s)", what)
 }
 
 // limitedTransport bounds the size of every response it returns. It reads

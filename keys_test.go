@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
+	"io"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -99,4 +100,64 @@ func TestWeakPublicKeysRefused(t *testing.T) {
 			t.Errorf("%s: error %v, want %q", name, err, tc.want)
 		}
 	}
+}
+
+// TestKeyFilesBounded: public_key and jwks_file read at most 1 MiB and
+// only regular files, so that a wrong path (a device, a FIFO, a huge file)
+// fails the config load with the option and the file named, instead of
+// growing the server until it is killed or hanging `caddy validate`.
+func TestKeyFilesBounded(t *testing.T) {
+	dir := t.TempDir()
+	big := filepath.Join(dir, "big.pem")
+	if err := os.WriteFile(big, []byte(strings.Repeat("x", maxKeyFile+1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fifo := filepath.Join(dir, "keys.fifo")
+	mkfifo(t, fifo)
+	cases := []struct {
+		name, file, want string
+	}{
+		{"over 1 MiB", big, "larger than 1048576 bytes"},
+		{"FIFO", fifo, "not a regular file"},
+		{"directory", dir, "not a regular file"},
+		{"/dev/zero", "/dev/zero", "not a regular file"},
+		// A regular file whose size (0) says nothing of what it holds, as
+		// one that grows after the Stat: the read itself must stop.
+		{"/proc/kallsyms", "/proc/kallsyms", "larger than 1048576 bytes"},
+	}
+	for _, opt := range []string{"public_key", "jwks_file"} {
+		for _, tc := range cases {
+			t.Run(opt+"/"+tc.name, func(t *testing.T) {
+				if _, err := os.Lstat(tc.file); err != nil {
+					t.Skipf("%s: %v", tc.file, err)
+				}
+				if strings.HasPrefix(tc.file, "/proc/") && !holdsMore(tc.file, maxKeyFile) {
+					t.Skipf("%s holds less than %d bytes here", tc.file, maxKeyFile+1)
+				}
+				stage, err := validateSite("\tws_auth {\n\t\t" + opt + " " + tc.file + "\n\t}")
+				if err == nil {
+					t.Fatalf("config loaded, want an error containing %q", tc.want)
+				}
+				if stage != "provision" {
+					t.Errorf("error at %s, want at provision: %v", stage, err)
+				}
+				for _, w := range []string{opt + " " + tc.file + ": ", tc.want} {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error\n\t%v\nwant it to contain %q", err, w)
+					}
+				}
+			})
+		}
+	}
+}
+
+// holdsMore reports whether reading file yields more than n bytes.
+func holdsMore(file string, n int64) bool {
+	f, err := os.Open(file)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	got, _ := io.CopyN(io.Discard, f, n+1)
+	return got > n
 }

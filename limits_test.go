@@ -308,3 +308,32 @@ func TestBlocklistReplacedSameSizeAndTime(t *testing.T) {
 		t.Error("the replacement is not in force")
 	}
 }
+
+// TestBlocklistFileNotRegular: a blocklist_file that is not a regular file
+// fails the config load, naming the option and the file, instead of
+// hanging it (a FIFO blocks the open until a writer comes) or reading a
+// device.
+func TestBlocklistFileNotRegular(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "blocklist.fifo")
+	mkfifo(t, fifo)
+	for _, file := range []string{fifo, dir, "/dev/zero"} {
+		t.Run(file, func(t *testing.T) {
+			if _, err := os.Lstat(file); err != nil {
+				t.Skipf("%s: %v", file, err)
+			}
+			stage, err := validateSite("\tws_auth {\n\t\tsecret " + validateSecret + "\n\t\tblocklist_file " + file + "\n\t}")
+			if err == nil {
+				t.Fatal("config loaded, want an error")
+			}
+			if stage != "provision" {
+				t.Errorf("error at %s, want at provision: %v", stage, err)
+			}
+			for _, w := range []string{"blocklist_file " + file + ": ", "not a regular file"} {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error\n\t%v\nwant it to contain %q", err, w)
+				}
+			}
+		})
+	}
+}

@@ -70,7 +70,8 @@ type Handler struct {
 	// If set, the token's `aud` must contain one of these.
 	Audiences []string `json:"audiences,omitempty"`
 
-	// Clock skew allowed when checking exp, nbf and iat. Default: 0.
+	// Clock skew allowed when checking exp, nbf and iat. Default: 0; at
+	// most 1h.
 	Leeway caddy.Duration `json:"leeway,omitempty"`
 
 	// The claim that names the user; it must be a non-empty string.
@@ -155,10 +156,12 @@ type JWKSSource struct {
 	// The URL of the JWK Set.
 	URL string `json:"url"`
 
-	// How often the set is fetched again. Default: 15m.
+	// How often the set is fetched again. Default: 15m; at least 10s
+	// (a token naming a kid the set lacks makes it be fetched at once,
+	// at most every 30s, whatever the refresh).
 	Refresh caddy.Duration `json:"refresh,omitempty"`
 
-	// Time allowed for one fetch. Default: 10s.
+	// Time allowed for one fetch. Default: 10s; at most 1m.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 }
 
@@ -255,13 +258,8 @@ func (h *Handler) Validate() error {
 	if h.MaxTokenSize < 0 || h.MaxTokenSize > maxMaxTokenSize {
 		return fmt.Errorf("max_token_size: must be between 1 byte and 1MiB")
 	}
-	for _, ts := range h.TokenSources {
-		if ts.Timeout < 0 || time.Duration(ts.Timeout) > maxFirstMessageTimeout {
-			return fmt.Errorf("token_source %s: timeout must be between 0 and %s", ts.Source, maxFirstMessageTimeout)
-		}
-	}
-	if h.Leeway < 0 {
-		return fmt.Errorf("leeway: must not be negative")
+	if err := checkLeeway(time.Duration(h.Leeway)); err != nil {
+		return err
 	}
 	for _, s := range h.Scopes {
 		if s == "" || strings.ContainsAny(s, " \t") {
@@ -274,6 +272,21 @@ func (h *Handler) Validate() error {
 			// Origin check every page on the web could connect as the user.
 			return fmt.Errorf("token_source cookie: requires allowed_origins (cross-site WebSocket hijacking)")
 		}
+	}
+	return nil
+}
+
+// maxLeeway bounds leeway: beyond an hour of clock skew, exp no longer
+// means much.
+const maxLeeway = time.Hour
+
+// checkLeeway is the rule for leeway, for the Caddyfile and JSON alike.
+func checkLeeway(d time.Duration) error {
+	if d < 0 {
+		return fmt.Errorf("leeway: must not be negative")
+	}
+	if d > maxLeeway {
+		return fmt.Errorf("leeway: must be at most %s (a longer leeway makes exp meaningless)", maxLeeway)
 	}
 	return nil
 }

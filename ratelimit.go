@@ -67,14 +67,11 @@ type rateLimiter struct {
 }
 
 func newRateLimiter(cfg *HandshakeRate) (*rateLimiter, error) {
-	if cfg.Events <= 0 || cfg.Window <= 0 {
-		return nil, fmt.Errorf("rate_limit handshakes: need a positive count and window")
+	if err := checkRate(cfg.Events, time.Duration(cfg.Window)); err != nil {
+		return nil, fmt.Errorf("rate_limit handshakes: %v", err)
 	}
 	if cfg.Per != "" && cfg.Per != "ip" && cfg.Per != "user" {
 		return nil, fmt.Errorf("rate_limit handshakes: per must be ip or user, not %q", cfg.Per)
-	}
-	if time.Duration(cfg.Window) > maxRateWindow || time.Duration(cfg.Window)/time.Duration(cfg.Events) < time.Millisecond {
-		return nil, fmt.Errorf("rate_limit handshakes: the window must be at most %s, and at least 1ms per event", maxRateWindow)
 	}
 	return &rateLimiter{
 		interval: int64(cfg.Window) / int64(cfg.Events),
@@ -87,6 +84,19 @@ func newRateLimiter(cfg *HandshakeRate) (*rateLimiter, error) {
 
 // maxRateWindow keeps the limiter's arithmetic far from overflow.
 const maxRateWindow = 366 * 24 * time.Hour
+
+// checkRate is the rule for events per window, for the Caddyfile and JSON
+// alike; the caller names the option. At least 1ms per event keeps the
+// interval between events meaningful.
+func checkRate(events int, window time.Duration) error {
+	if events <= 0 || window <= 0 {
+		return fmt.Errorf("need a positive count and window")
+	}
+	if window > maxRateWindow || window/time.Duration(events) < time.Millisecond {
+		return fmt.Errorf("the window must be at most %s, and at least 1ms per event", maxRateWindow)
+	}
+	return nil
+}
 
 // allow records an event for key at now, unless it is over the limit; then
 // it says how long until the next event would be allowed. Keys are kept as

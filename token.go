@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/net/http/httpguts"
+
 	"github.com/caddyserver/caddy/v2"
 )
 
@@ -77,6 +79,9 @@ func compileSources(cfg []TokenSource) ([]tokenSource, *firstMessage, error) {
 	out := make([]tokenSource, 0, len(cfg))
 	var fm *firstMessage
 	for _, s := range cfg {
+		if err := checkTokenSource(s); err != nil {
+			return nil, nil, err
+		}
 		var ts tokenSource
 		switch s.Source {
 		case "first_message":
@@ -113,6 +118,41 @@ func compileSources(cfg []TokenSource) ([]tokenSource, *firstMessage, error) {
 		out = append(out, ts)
 	}
 	return out, fm, nil
+}
+
+// checkTokenSource applies the rules for a source's values, for the
+// Caddyfile and JSON alike: a header, cookie or subprotocol that no request
+// can carry is a configuration error, not a source that never yields. An
+// empty name is the default, except for a cookie (see compileSources).
+func checkTokenSource(s TokenSource) error {
+	switch s.Source {
+	case "header":
+		if s.Name != "" && !httpguts.ValidHeaderFieldName(s.Name) {
+			return fmt.Errorf("token_source header: %q is not a valid header field name", s.Name)
+		}
+		// RFC 7235: auth-scheme = token.
+		if s.Scheme != "" && !httpguts.ValidHeaderFieldName(s.Scheme) {
+			return fmt.Errorf("token_source header: scheme %q is not a valid authentication scheme (a token: no spaces or separators)", s.Scheme)
+		}
+	case "cookie":
+		// RFC 6265: cookie-name = token; net/http skips other names.
+		if s.Name != "" && !httpguts.ValidHeaderFieldName(s.Name) {
+			return fmt.Errorf("token_source cookie: %q is not a valid cookie name (a token: no spaces or separators)", s.Name)
+		}
+	case "subprotocol":
+		// RFC 6455: each protocol is a token; the header is split on
+		// commas and spaces are trimmed.
+		if s.Name != "" && !httpguts.ValidHeaderFieldName(s.Name) {
+			return fmt.Errorf("token_source subprotocol: marker %q is not a valid subprotocol (a token: no spaces, commas or separators)", s.Name)
+		}
+	}
+	if s.Timeout != 0 && s.Source != "first_message" {
+		return fmt.Errorf("token_source %s: timeout applies to first_message only", s.Source)
+	}
+	if s.Timeout < 0 || time.Duration(s.Timeout) > maxFirstMessageTimeout {
+		return fmt.Errorf("token_source %s: timeout must be between 0 and %s", s.Source, maxFirstMessageTimeout)
+	}
+	return nil
 }
 
 func cmpOr(s, def string) string {
