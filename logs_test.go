@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,7 +52,15 @@ http://127.0.0.1:%[3]d {
 				delete token
 			}
 			request>headers>Sec-Websocket-Protocol delete
+			request>headers>X-Token delete
 		}
+	}
+	route /deadheader/* {
+		ws_auth {
+			secret %[5]s
+			token_source header X-Token
+		}
+		reverse_proxy %[7]s
 	}
 	route /dead/* {
 		ws_auth {
@@ -136,6 +145,8 @@ http://127.0.0.1:%[3]d {
 		// strip_token off: the token stays in the request on purpose, so
 		// reverse_proxy's own debug log shows it; the error log must not.
 		{"/deadkeep/ws", dialOpts{query: "token=" + kept}},
+		// A header of its own: Caddy redacts only the credential headers.
+		{"/deadheader/ws", dialOpts{header: http.Header{"X-Token": {good}}}},
 	} {
 		c, resp, err := dial(addr, tc.path, tc.o)
 		if got := outcome(t, c, resp, err); got != "status 502" {
@@ -202,8 +213,8 @@ http://127.0.0.1:%[3]d {
 			}
 		}
 	}
-	if reasons["accepted"] != 8 || reasons["expired"] != 5 || reasons["invalid"] != 5 {
-		t.Errorf("audit log decisions = %v, want 8 accepted, 5 expired, 5 invalid", reasons)
+	if reasons["accepted"] != 9 || reasons["expired"] != 5 || reasons["invalid"] != 5 {
+		t.Errorf("audit log decisions = %v, want 9 accepted, 5 expired, 5 invalid", reasons)
 	}
 }
 

@@ -1,6 +1,7 @@
 package wsauth
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"time"
@@ -149,6 +150,8 @@ type Handler struct {
 	// insufficientScope is the WWW-Authenticate value of a 403 for scopes.
 	insufficientScope string
 	logger            *zap.Logger
+	// ctx is done once the config is unloaded.
+	ctx context.Context
 }
 
 // JWKSSource is a remote JWK Set.
@@ -184,6 +187,7 @@ const (
 // sources and origin patterns, and resolves the allowed algorithms once.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	h.ctx = ctx
 
 	h.maxToken = h.MaxTokenSize
 	if h.maxToken == 0 {

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/net/http/httpguts"
 )
 
 // reason is why a request is refused; each has a close code (overridable
@@ -28,6 +30,7 @@ const (
 	reasonBlocked
 	reasonRateLimited
 	reasonUnavailable
+	reasonInternal
 	numReasons
 )
 
@@ -44,6 +47,7 @@ var reasons = [numReasons]struct {
 	reasonBlocked:     {"blocked", 1008, http.StatusForbidden},
 	reasonRateLimited: {"rate_limited", 1013, http.StatusTooManyRequests},
 	reasonUnavailable: {"unavailable", 1011, http.StatusServiceUnavailable},
+	reasonInternal:    {"internal_error", 1011, http.StatusInternalServerError},
 }
 
 func (r reason) String() string { return reasons[r].name }
@@ -134,6 +138,41 @@ func (h *Handler) rejectStatus(w http.ResponseWriter, r reason) error {
 }
 
 var errNotWebSocket = errors.New("not a valid websocket handshake")
+
+// checkHandshake returns the status that refuses a WebSocket handshake no
+// server may accept (RFC 6455, section 4.2.1), or 0: 400 for an upgrade
+// over HTTP/1.0, 426 for a version other than 13 (RFC 8441 carries the
+// version over HTTP/2 too).
+func checkHandshake(req *http.Request) int {
+	version := req.Header["Sec-Websocket-Version"]
+	if isExtendedConnect(req) {
+		if len(version) > 0 && (len(version) > 1 || version[0] != "13") {
+			return http.StatusUpgradeRequired
+		}
+		return 0
+	}
+	if !req.ProtoAtLeast(1, 1) {
+		return http.StatusBadRequest
+	}
+	if len(version) != 1 || version[0] != "13" {
+		return http.StatusUpgradeRequired
+	}
+	return 0
+}
+
+// refuseHandshake answers a handshake that checkHandshake refused; a 426
+// names the version this server speaks (RFC 6455, section 4.4).
+func (h *Handler) refuseHandshake(w http.ResponseWriter, r *http.Request, status int) error {
+	if c := h.logger.Check(zapcore.DebugLevel, "not a websocket handshake"); c != nil {
+		c.Write(zap.Int("status", status), zap.String("remote_ip", clientIP(r)),
+			zap.String("proto", r.Proto), zap.String("path", truncate(r.URL.Path, 200)))
+	}
+	if status == http.StatusUpgradeRequired {
+		w.Header().Set("Sec-WebSocket-Version", "13")
+	}
+	w.WriteHeader(status)
+	return nil
+}
 
 // isUpgrade reports whether req asks for a WebSocket: an HTTP/1.1 upgrade,
 // or an extended CONNECT over HTTP/2 or HTTP/3 (RFC 8441, RFC 9220), which
@@ -245,11 +284,13 @@ func acceptHandshake(w http.ResponseWriter, req *http.Request, token string, the
 // browsers fail a connection whose 101 selects none although they offered
 // some, before reading any frame. It is the first offered that is not the
 // token, does not look like a JWT (a token for a source not configured),
-// and is short enough to be a protocol name.
+// and is a protocol name: short, and an RFC 7230 token (RFC 6455, section
+// 4.1), so that nothing else is echoed in a response header.
 func selectProtocol(req *http.Request, token string) string {
 	var proto string
 	eachProtocol(req.Header[headerProtocol], func(p string) bool {
-		if p != token && len(p) < 128 && !(strings.HasPrefix(p, "eyJ") && strings.Count(p, ".") == 2) {
+		if p != token && len(p) < 128 && httpguts.ValidHeaderFieldName(p) &&
+			!(strings.HasPrefix(p, "eyJ") && strings.Count(p, ".") == 2) {
 			proto = p
 			return false
 		}

@@ -162,51 +162,96 @@ func cmpOr(s, def string) string {
 	return s
 }
 
-// extract returns the token from the first source that has one.
-func extract(r *http.Request, sources []tokenSource) (string, *tokenSource) {
+// extract returns the token from the first source that has one. A source
+// that holds more than one token value (two token parameters, two
+// Authorization lines, the marker twice) is refused: the upstream could read
+// another value than the one verified. Cookies are the exception, since
+// browsers send two cookies of one name when they were set for two paths:
+// the first is verified, as net/http reads it, and the others never go on.
+func extract(r *http.Request, sources []tokenSource) (string, *tokenSource, error) {
 	for i := range sources {
-		if tok := sources[i].read(r); tok != "" {
-			return tok, &sources[i]
+		s := &sources[i]
+		tok, n := s.read(r)
+		if n > 1 && s.kind != sourceCookie {
+			return "", s, errRepeatedToken
+		}
+		if tok != "" {
+			return tok, s, nil
 		}
 	}
-	return "", nil
+	return "", nil, nil
 }
 
-func (s *tokenSource) read(r *http.Request) string {
+var errRepeatedToken = errString("more than one token value in one source")
+
+// read returns the token s yields from r, and how many values for s the
+// request holds, empty ones included: whatever read counts, strip removes.
+func (s *tokenSource) read(r *http.Request) (string, int) {
 	switch s.kind {
 	case sourceQuery:
 		return queryValue(r.URL.RawQuery, s.name)
 	case sourceHeader:
+		var tok string
+		n := 0
 		for _, v := range r.Header[s.name] {
 			if s.scheme == "" {
-				return strings.TrimSpace(v)
+				v = strings.TrimSpace(v)
+			} else if len(v) > len(s.scheme) && v[len(s.scheme)] == ' ' && strings.EqualFold(v[:len(s.scheme)], s.scheme) {
+				v = strings.TrimSpace(v[len(s.scheme)+1:])
+			} else {
+				continue // another scheme: not ours to judge
 			}
-			if len(v) > len(s.scheme) && v[len(s.scheme)] == ' ' && strings.EqualFold(v[:len(s.scheme)], s.scheme) {
-				return strings.TrimSpace(v[len(s.scheme)+1:])
+			if n++; n == 1 {
+				tok = v
 			}
 		}
+		return tok, n
 	case sourceCookie:
-		if c, err := r.Cookie(s.name); err == nil {
-			return c.Value
+		n := 0
+		for _, line := range r.Header["Cookie"] {
+			for part := range strings.SplitSeq(line, ";") {
+				if cookieName(part) == s.name {
+					n++
+				}
+			}
 		}
+		if n == 0 {
+			return "", 0
+		}
+		if c, err := r.Cookie(s.name); err == nil {
+			return c.Value, n
+		}
+		return "", n
 	case sourceSubprotocol:
-		found := false
+		n := 0
+		next := false
 		var tok string
 		eachProtocol(r.Header[headerProtocol], func(p string) bool {
-			if found {
+			if next && n == 1 {
 				tok = p
-				return false
 			}
-			found = p == s.name
+			next = p == s.name
+			if next {
+				n++
+			}
 			return true
 		})
-		return tok
+		return tok, n
 	}
-	return ""
+	return "", 0
 }
 
-// strip removes the token that s yielded from r, so that what goes
-// upstream does not hold it.
+// cookieName is the name of one "name=value" part of a Cookie header, as
+// net/http reads it: trimmed of ASCII spaces, so that "session =x" is the
+// cookie session.
+func cookieName(part string) string {
+	name, _, _ := strings.Cut(textproto.TrimString(part), "=")
+	return textproto.TrimString(name)
+}
+
+// strip removes every value of s from r, so that what goes upstream does
+// not hold the token. With strip_token off, keepOnly makes a cookie source
+// pass on the verified value alone.
 func (s *tokenSource) strip(r *http.Request) {
 	switch s.kind {
 	case sourceQuery:
@@ -221,20 +266,7 @@ func (s *tokenSource) strip(r *http.Request) {
 	case sourceHeader:
 		r.Header.Del(s.name)
 	case sourceCookie:
-		var kept []string
-		for _, line := range r.Header["Cookie"] {
-			for part := range strings.SplitSeq(line, ";") {
-				name, _, _ := strings.Cut(strings.TrimSpace(part), "=")
-				if name != s.name && strings.TrimSpace(part) != "" {
-					kept = append(kept, strings.TrimSpace(part))
-				}
-			}
-		}
-		if len(kept) == 0 {
-			r.Header.Del("Cookie")
-		} else {
-			r.Header["Cookie"] = []string{strings.Join(kept, "; ")}
-		}
+		s.keepCookie(r, "")
 	case sourceSubprotocol:
 		var kept []string
 		skip := false
@@ -257,6 +289,27 @@ func (s *tokenSource) strip(r *http.Request) {
 	}
 }
 
+// keepCookie removes every cookie named s.name from r and, if value is not
+// empty, adds it back once.
+func (s *tokenSource) keepCookie(r *http.Request, value string) {
+	var kept []string
+	for _, line := range r.Header["Cookie"] {
+		for part := range strings.SplitSeq(line, ";") {
+			if part = textproto.TrimString(part); part != "" && cookieName(part) != s.name {
+				kept = append(kept, part)
+			}
+		}
+	}
+	if value != "" {
+		kept = append(kept, s.name+"="+value)
+	}
+	if len(kept) == 0 {
+		r.Header.Del("Cookie")
+	} else {
+		r.Header["Cookie"] = []string{strings.Join(kept, "; ")}
+	}
+}
+
 // eachProtocol calls fn for every entry of the comma-separated
 // Sec-WebSocket-Protocol header lines, until fn returns false.
 func eachProtocol(lines []string, fn func(string) bool) {
@@ -272,8 +325,10 @@ func eachProtocol(lines []string, fn func(string) bool) {
 }
 
 // queryValue returns the first value of key in a raw query string without
-// building a url.Values map.
-func queryValue(raw, key string) string {
+// building a url.Values map, and how many times key appears.
+func queryValue(raw, key string) (string, int) {
+	var tok string
+	n := 0
 	for raw != "" {
 		var seg string
 		seg, raw, _ = strings.Cut(raw, "&")
@@ -281,12 +336,15 @@ func queryValue(raw, key string) string {
 		if k != key && !(strings.Contains(k, "%") && unescape(k) == key) {
 			continue
 		}
+		if n++; n > 1 {
+			continue
+		}
 		if strings.ContainsAny(v, "%+") {
 			v = unescape(v)
 		}
-		return v
+		tok = v
 	}
-	return ""
+	return tok, n
 }
 
 func removeQueryParam(raw, key string) string {

@@ -9,19 +9,26 @@ import (
 )
 
 func TestQueryValue(t *testing.T) {
-	cases := []struct{ raw, key, want, stripped string }{
-		{"token=abc", "token", "abc", ""},
-		{"a=1&token=abc&b=2", "token", "abc", "a=1&b=2"},
-		{"a=1&tok%65n=abc", "token", "abc", "a=1"},
-		{"token=a%2Bb+c", "token", "a+b c", ""},
-		{"tokens=x&token=y", "token", "y", "tokens=x"},
-		{"token=1&token=2", "token", "1", ""},
-		{"a=1", "token", "", "a=1"},
-		{"&&token=z&&", "token", "z", ""},
+	cases := []struct {
+		raw, key, want string
+		n              int
+		stripped       string
+	}{
+		{"token=abc", "token", "abc", 1, ""},
+		{"a=1&token=abc&b=2", "token", "abc", 1, "a=1&b=2"},
+		{"a=1&tok%65n=abc", "token", "abc", 1, "a=1"},
+		{"token=a%2Bb+c", "token", "a+b c", 1, ""},
+		{"tokens=x&token=y", "token", "y", 1, "tokens=x"},
+		{"token=1&token=2", "token", "1", 2, ""},
+		{"token=&token=2", "token", "", 2, ""},
+		{"token=1&tok%65n=2", "token", "1", 2, ""},
+		{"a=1&token", "token", "", 1, "a=1"},
+		{"a=1", "token", "", 0, "a=1"},
+		{"&&token=z&&", "token", "z", 1, ""},
 	}
 	for _, tc := range cases {
-		if got := queryValue(tc.raw, tc.key); got != tc.want {
-			t.Errorf("queryValue(%q, %q) = %q, want %q", tc.raw, tc.key, got, tc.want)
+		if got, n := queryValue(tc.raw, tc.key); got != tc.want || n != tc.n {
+			t.Errorf("queryValue(%q, %q) = %q, %d, want %q, %d", tc.raw, tc.key, got, n, tc.want, tc.n)
 		}
 		if got := removeQueryParam(tc.raw, tc.key); got != tc.stripped {
 			t.Errorf("removeQueryParam(%q, %q) = %q, want %q", tc.raw, tc.key, got, tc.stripped)
@@ -62,11 +69,15 @@ func TestOrigins(t *testing.T) {
 }
 
 // FuzzTokenSources: whatever the request, extraction does not panic, and
-// after strip no source yields the token any more.
+// after strip a source holds no value at all: not the token, nor an empty
+// or repeated value that another reader might take for one, and net/http
+// finds no cookie of that name.
 func FuzzTokenSources(f *testing.F) {
 	f.Add("token=abc&x=1", "Bearer abc", "a=1; ws=abc", "access_token, abc, chat")
 	f.Add("tok%65n=a%2Bb", "bearer  x", "ws=", ",,access_token")
 	f.Add("", "", "", "access_token")
+	f.Add("token=&token=abc", "Bearer abc", "ws =abc; ws=\"def\"", "access_token, a, access_token, b")
+	f.Add("token", "Basic abc", " ws\t=abc", "access_token")
 	sources, _, err := compileSources([]TokenSource{
 		{Source: "query"}, {Source: "header"}, {Source: "cookie", Name: "ws"}, {Source: "subprotocol"},
 	})
@@ -81,13 +92,19 @@ func FuzzTokenSources(f *testing.F) {
 		r.Header.Set("Sec-WebSocket-Protocol", protocols)
 		for i := range sources {
 			s := &sources[i]
-			tok := s.read(r)
-			if tok == "" {
+			tok, n := s.read(r)
+			if n == 0 {
+				if tok != "" {
+					t.Errorf("%s: token %q from no value", s.kind, tok)
+				}
 				continue
 			}
 			s.strip(r)
-			if again := s.read(r); again != "" {
-				t.Errorf("%s: %q still readable after strip (token was %q)", s.kind, again, tok)
+			if again, n := s.read(r); n != 0 {
+				t.Errorf("%s: %d values (%q) still there after strip (token was %q)", s.kind, n, again, tok)
+			}
+			if c, err := r.Cookie("ws"); s.kind == sourceCookie && err == nil {
+				t.Errorf("cookie ws=%q still there after strip", c.Value)
 			}
 		}
 	})

@@ -2,8 +2,11 @@ package wsauth
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
+	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
@@ -17,20 +20,44 @@ import (
 // reason; a refused request gets exactly one answer from reject, and an
 // accepted one goes to next with its placeholders set and its token
 // removed.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (err error) {
 	upgrade := isUpgrade(r)
-	if h.UpgradesOnly && !upgrade {
+	if upgrade {
+		// Before upgrades_only lets anything through: reverse_proxy would
+		// tunnel an HTTP/1.0 "upgrade" too.
+		if status := checkHandshake(r); status != 0 {
+			return h.refuseHandshake(w, r, status)
+		}
+	} else if h.UpgradesOnly {
 		return next.ServeHTTP(w, r)
 	}
+
+	// A panic in the decision is a bug, but one that a client may trigger
+	// at will: it must still get an answer, and the connection a close.
+	// Panics of the handlers after ws_auth are theirs, and Caddy's.
+	handedOn := false
+	defer func() {
+		if handedOn {
+			return
+		}
+		if v := recover(); v != nil {
+			err = h.recovered(w, r, v)
+		}
+	}()
 
 	id := new(identity)
 	if rsn, err := h.checkClient(w, r); err != nil {
 		h.logRejection(r, rsn, nil, id, err)
 		return h.reject(w, r, rsn, "")
 	}
-	token, src := extract(r, h.sources)
+	token, src, err := extract(r, h.sources)
+	if err != nil {
+		h.logRejection(r, reasonInvalid, src, id, err)
+		return h.reject(w, r, reasonInvalid, "")
+	}
 	if src == nil {
 		if h.firstMsg != nil && upgrade {
+			handedOn = true // serveFirstMessage recovers its own panics
 			return h.serveFirstMessage(w, r, next)
 		}
 		h.logRejection(r, reasonMissing, nil, id, nil)
@@ -47,23 +74,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	h.accepted(r, src, id)
 
 	// Caddy logs a request whose handler chain fails with the request as it
-	// arrived, stripped or not, and only redacts the Authorization and
-	// Cookie headers: a token in the query or the subprotocol list would be
-	// in that log line.
+	// arrived, stripped or not, and only redacts the credential headers: a
+	// token anywhere else would be in that log line, so ws_auth answers
+	// such a failure itself.
 	logged := false
+	creds := logsCredentials(r)
 	for i := range h.sources {
-		if s := &h.sources[i]; (s.kind == sourceQuery || s.kind == sourceSubprotocol) && (s == src || s.read(r) != "") {
-			logged = true
-		}
-	}
-	if h.strip {
-		src.strip(r)
-		for i := range h.sources {
-			// Every source that holds a token, not only the one that won:
-			// a session cookie riding along with a query token is a token
-			// too.
-			if s := &h.sources[i]; s != src && s.read(r) != "" {
+		// Every source that holds a value, not only the one that won: a
+		// session cookie riding along with a query token is a token too.
+		s := &h.sources[i]
+		if _, n := s.read(r); n > 0 {
+			logged = logged || creds || !s.redactedByCaddy()
+			switch {
+			case h.strip:
 				s.strip(r)
+			case s == src && s.kind == sourceCookie && n > 1:
+				s.keepCookie(r, token) // the verified cookie, and no other of its name
 			}
 		}
 	}
@@ -74,12 +100,45 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			switched:              switchedStatus(r),
 		}
 	}
-	err := next.ServeHTTP(w, r)
+	handedOn = true
+	err = next.ServeHTTP(w, r)
 	if err != nil && logged {
 		return h.answerError(w, r, err)
 	}
 	return err
 }
+
+// logsCredentials reports whether Caddy's logs of r show the Authorization
+// and Cookie headers (the server's log_credentials), which they otherwise
+// show as REDACTED.
+func logsCredentials(r *http.Request) bool {
+	srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	return ok && srv.Logs != nil && srv.Logs.ShouldLogCredentials
+}
+
+// redactedByCaddy reports whether Caddy's logs show s's values as REDACTED
+// (unless they log credentials): cookies and the Authorization headers.
+func (s *tokenSource) redactedByCaddy() bool {
+	return s.kind == sourceCookie ||
+		s.kind == sourceHeader && (s.name == "Authorization" || s.name == "Proxy-Authorization" || s.name == "Cookie")
+}
+
+// recovered answers a request whose decision panicked: with a Close 1011
+// on a WebSocket in close mode, else a 500. The first panic is logged with
+// its stack, later ones without, so that a client repeating the request
+// cannot flood the log.
+func (h *Handler) recovered(w http.ResponseWriter, r *http.Request, v any) error {
+	fields := []zap.Field{zap.String("panic", truncate(fmt.Sprint(v), 200)),
+		zap.String("remote_ip", clientIP(r)), zap.String("path", truncate(r.URL.Path, 200))}
+	if panics.Add(1) == 1 {
+		fields = append(fields, zap.String("stack", string(debug.Stack())))
+	}
+	h.logger.Error("internal error deciding a request; please report it", fields...)
+	return h.reject(w, r, reasonInternal, "")
+}
+
+// panics counts the decisions that panicked, in the process.
+var panics atomic.Int64
 
 // answerError answers a failure of the handlers after ws_auth itself, for
 // requests whose token Caddy's error log would otherwise print. The error
