@@ -417,6 +417,21 @@ func TestSecretErrorsKeepSecrets(t *testing.T) {
 	if err == nil || strings.Contains(err.Error(), "{env.") || !strings.Contains(err.Error(), "secret 1:") {
 		t.Errorf("error %v, want the secret named by its position, not shown", err)
 	}
+	// A placeholder unknown at load would be the secret itself, readable
+	// in the config: refused, named when it is the whole value.
+	for value, want := range map[string]string{
+		"{env_WSAUTH_SECRET}":                    "secret {env_WSAUTH_SECRET}: not a placeholder known at load",
+		"{http.request.header.X}":                "secret {http.request.header.X}: not a placeholder known at load",
+		"a-long-literal-{typo.name}-and-more!!!": "secret 1: holds a placeholder not known at load",
+	} {
+		err := validateJSON(handlerConfig(`{"handler":"ws_auth","secrets":["` + value + `"]}`))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("secret %q: error %v, want %q", value, err, want)
+		}
+		if err != nil && want == "secret 1: holds a placeholder not known at load" && strings.Contains(err.Error(), "a-long-literal") {
+			t.Errorf("error %q shows the secret", err)
+		}
+	}
 }
 
 // TestExampleCaddyfileAdapts checks that the demo config at the root of

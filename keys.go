@@ -20,6 +20,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -102,6 +103,14 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, er
 	repl := caddy.NewReplacer()
 	for i, s := range h.Secrets {
 		v := repl.ReplaceKnown(s, "")
+		if ph := unknownPlaceholder.FindString(v); ph != "" {
+			// A typo such as {env_WS_SECRET} would otherwise be the secret
+			// itself, which anyone can read here.
+			if ph == s {
+				return nil, fmt.Errorf("secret %s: not a placeholder known at load (an environment variable is {env.NAME})", s)
+			}
+			return nil, fmt.Errorf("secret %d: holds a placeholder not known at load; give a literal secret with braces as base64:", i+1)
+		}
 		secret, err := decodeSecret(v)
 		if err != nil {
 			return nil, secretError(s, v, i, err)
@@ -407,6 +416,10 @@ func decodeSecret(s string) ([]byte, error) {
 	}
 	return nil, fmt.Errorf("invalid base64")
 }
+
+// unknownPlaceholder is what ReplaceKnown leaves of a placeholder it does
+// not know.
+var unknownPlaceholder = regexp.MustCompile(`\{[A-Za-z_][A-Za-z0-9_.\-]*\}`)
 
 // secretError names the secret that err is about. A value made only of
 // placeholders (and the base64: prefix) is shown as configured, since it
