@@ -155,7 +155,10 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, er
 		if src == nil || src.URL == "" {
 			return nil, fmt.Errorf("jwks: missing URL")
 		}
-		kf, poolKey, err := loadRemoteSet(src, logger)
+		// Placeholders such as {env.JWKS_URL} are replaced at load.
+		resolved := *src
+		resolved.URL = repl.ReplaceKnown(src.URL, "")
+		kf, poolKey, err := loadRemoteSet(&resolved, logger)
 		if err != nil {
 			return nil, err
 		}

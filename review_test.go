@@ -547,3 +547,15 @@ func TestPanicStillAnswers(t *testing.T) {
 	}
 	checkUpstreamSaw(t, up, 0)
 }
+
+// TestJWKSURLPlaceholder: a jwks URL from the environment is replaced at
+// load, as a secret is.
+func TestJWKSURLPlaceholder(t *testing.T) {
+	srv := newJWKSServer(t, standardSet(t)...)
+	t.Setenv("WSAUTH_TEST_JWKS_URL", srv.URL)
+	up := newUpstream(t)
+	addr := startCaddy(t, jwksSite("{env.WSAUTH_TEST_JWKS_URL}", "1s", ""), up.addr())
+	checkUpstreamSaw(t, up, runTokenCases(t, addr, "close", []attackCase{
+		{"RS256, kid", sign(t, jwt.SigningMethodRS256, testKeys().rsa, claims("alice"), "rsa-1"), "accepted"},
+	}))
+}
