@@ -134,6 +134,7 @@ func (h *Handler) serveFirstMessage(w http.ResponseWriter, r *http.Request, next
 		if v := recover(); v != nil {
 			h.logger.Error("internal error deciding a first-message handshake; please report it",
 				zap.String("panic", truncate(fmt.Sprint(v), 200)), zap.String("remote_ip", clientIP(r)))
+			markRefused(r, reasonInternal, &identity{})
 			closeClient(conn, brw.Reader, h.codes[reasonInternal], reasonInternal.String(), true)
 		}
 	}()

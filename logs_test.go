@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/gorilla/websocket"
 
 	"github.com/caddyserver/caddy/v2"
 )
@@ -223,4 +224,81 @@ func caddyStop() error { return caddy.Stop() }
 // deadAddr is a loopback address where nothing listens.
 func deadAddr(t testing.TB) string {
 	return fmt.Sprintf("127.0.0.1:%d", freePort(t))
+}
+
+// TestAccessLogShowsRefusals: a WebSocket refused with a Close frame is in
+// Caddy's access log with status 0; the entry says why (ws_auth_refused)
+// and, when the signature checked out, who (user_id).
+func TestAccessLogShowsRefusals(t *testing.T) {
+	access := filepath.Join(t.TempDir(), "access.log")
+	up := newUpstream(t)
+	caddyMu.Lock()
+	defer caddyMu.Unlock()
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cfg := testConfig(addr, "log {\n\t\toutput file "+access+"\n\t}\n"+site("token_source query\n\t\ttoken_source first_message"), up.addr())
+	if err := loadCaddyfile(cfg); err != nil {
+		t.Fatal(err)
+	}
+	waitListening(t, addr)
+
+	expired := hs256(t, claims("bob", func(c jwt.MapClaims) { c["exp"] = time.Now().Add(-time.Hour).Unix() }))
+	forged := sign(t, jwt.SigningMethodHS256, []byte("not-the-secret-not-the-secret-123"), claims("mallory"), "")
+	for _, tc := range []struct{ path, query, want string }{
+		{"/ws/accepted", "token=" + hs256(t, claims("alice")), "accepted"},
+		{"/ws/expired", "token=" + expired, "close 4001 expired"},
+		{"/ws/forged", "token=" + forged, "close 1008 invalid"},
+	} {
+		c, resp, err := dial(addr, tc.path, dialOpts{query: tc.query})
+		if got := outcome(t, c, resp, err); got != tc.want {
+			t.Errorf("%s: %s, want %s", tc.path, got, tc.want)
+		}
+	}
+	c, _, err := dial(addr, "/ws/first", dialOpts{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.WriteMessage(websocket.TextMessage, []byte(`{"type":"auth","token":"`+expired+`"}`))
+	if got := outcome(t, c, nil, nil); got != "close 4001 expired" {
+		t.Errorf("first message: %s", got)
+	}
+	if err := caddyStop(); err != nil { // flushes the log file
+		t.Fatal(err)
+	}
+
+	data, err := os.ReadFile(access)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][2]string{ // path -> ws_auth_refused, user_id
+		"/ws/accepted": {"", "alice"},
+		"/ws/expired":  {"expired", "bob"},
+		"/ws/forged":   {"invalid", ""},
+		"/ws/first":    {"expired", "bob"},
+	}
+	sc := bufio.NewScanner(strings.NewReader(string(data)))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		var entry struct {
+			Request struct {
+				URI string `json:"uri"`
+			} `json:"request"`
+			Refused string `json:"ws_auth_refused"`
+			UserID  string `json:"user_id"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &entry); err != nil {
+			t.Fatalf("access log line is not JSON: %s", sc.Text())
+		}
+		path, _, _ := strings.Cut(entry.Request.URI, "?")
+		w, ok := want[path]
+		if !ok {
+			continue
+		}
+		delete(want, path)
+		if entry.Refused != w[0] || entry.UserID != w[1] {
+			t.Errorf("%s: access log ws_auth_refused %q, user_id %q; want %q, %q", path, entry.Refused, entry.UserID, w[0], w[1])
+		}
+	}
+	for path := range want {
+		t.Errorf("%s: not in the access log", path)
+	}
 }

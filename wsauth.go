@@ -134,6 +134,7 @@ func (h *Handler) recovered(w http.ResponseWriter, r *http.Request, v any) error
 		fields = append(fields, zap.String("stack", string(debug.Stack())))
 	}
 	h.logger.Error("internal error deciding a request; please report it", fields...)
+	markRefused(r, reasonInternal, &identity{})
 	return h.reject(w, r, reasonInternal, "")
 }
 
@@ -233,6 +234,7 @@ func (id *identity) placeholder(key string) (any, bool) {
 }
 
 func (h *Handler) logRejection(r *http.Request, rsn reason, src *tokenSource, id *identity, detail error) {
+	markRefused(r, rsn, id)
 	c := h.logger.Check(zapcore.InfoLevel, "websocket refused")
 	if c == nil {
 		return
@@ -242,6 +244,21 @@ func (h *Handler) logRejection(r *http.Request, rsn reason, src *tokenSource, id
 		fields = append(fields, zap.String("detail", truncate(detail.Error(), 200)))
 	}
 	c.Write(fields...)
+}
+
+// markRefused makes a refusal findable in Caddy's access log, where a
+// WebSocket refused with a Close frame shows as status 0: the log entry
+// gets the field ws_auth_refused with the reason, and user_id names the
+// user when the signature checked out.
+func markRefused(r *http.Request, rsn reason, id *identity) {
+	if extra, ok := r.Context().Value(caddyhttp.ExtraLogFieldsCtxKey).(*caddyhttp.ExtraLogFields); ok {
+		extra.Set(zap.String("ws_auth_refused", rsn.String()))
+	}
+	if id.verified && id.claims.Subject.ok {
+		if repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer); ok {
+			repl.Set("http.auth.user.id", id.claims.Subject.s)
+		}
+	}
 }
 
 // logFields are the audit fields of a decision: never the token or a key.
