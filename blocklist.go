@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -35,7 +36,9 @@ import (
 // The closing quote is followed by a space or the end of the line. A quoted
 // value is not empty, has valid escapes and is valid UTF-8.
 //
-// The file is read when a config first names it (an error there fails the config) and read
+// The file must be a regular file, or a link to one: a FIFO, a device or a
+// directory is refused before anything is read from it. The file is read
+// when a config first names it (an error there fails the config) and read
 // again when it changes; a version that fails to parse keeps the previous
 // list in force and logs the line that failed.
 
@@ -355,6 +358,24 @@ func (bf *blocklistFile) changed(fi os.FileInfo) bool {
 		!fi.ModTime().Equal(bf.seen.ModTime()) || fi.Size() != bf.seen.Size()
 }
 
+// regularFile refuses what is not a regular file, saying what it is.
+func regularFile(fi os.FileInfo) error {
+	m := fi.Mode()
+	switch {
+	case m.IsRegular():
+		return nil
+	case m.IsDir():
+		return errors.New("not a regular file: a directory")
+	case m&os.ModeNamedPipe != 0:
+		return errors.New("not a regular file: a named pipe (FIFO)")
+	case m&os.ModeDevice != 0:
+		return errors.New("not a regular file: a device")
+	case m&os.ModeSocket != 0:
+		return errors.New("not a regular file: a socket")
+	}
+	return fmt.Errorf("not a regular file: mode %v", m)
+}
+
 // errInFlux is a file that changed while it was read: it is read again at
 // the next check rather than half-read now.
 var errInFlux = errors.New("file changed while it was read")
@@ -362,13 +383,26 @@ var errInFlux = errors.New("file changed while it was read")
 // reload reads and parses the file, and puts it in force if it parses. The
 // file's stat is recorded either way, so a bad version is reported once.
 func (bf *blocklistFile) reload() error {
-	f, err := os.Open(bf.path)
+	// Only a regular file is opened: opening a FIFO blocks until a writer
+	// comes, and a device may never end. O_NONBLOCK keeps a FIFO put in its
+	// place between the check and the open from blocking the open, and the
+	// opened file is checked again.
+	fi, err := os.Stat(bf.path)
+	if err != nil {
+		return err
+	}
+	if err := regularFile(fi); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(bf.path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
+	if fi, err = f.Stat(); err != nil {
+		return err
+	}
+	if err := regularFile(fi); err != nil {
 		return err
 	}
 	if fi.Size() > maxBlocklistFile {
