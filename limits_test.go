@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
 
@@ -262,6 +263,28 @@ func TestParseBlocklistQuoted(t *testing.T) {
 			t.Errorf("parseBlocklist(%q) = %v, want an error starting %q", in, err, want)
 		}
 	}
+}
+
+// FuzzParseBlocklistQuoted: any user ID can be written in the file, as
+// strconv.Quote writes it, and read back as is; no line panics.
+func FuzzParseBlocklistQuoted(f *testing.F) {
+	for _, s := range []string{"John Doe", `a "b" # c`, "Renée\t日本", `\`, "#", " ", "\x00", "\u2028"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		_, _ = parseBlocklist(strings.NewReader(v)) // no panic on any line
+		if v == "" || !utf8.ValidString(v) {
+			return
+		}
+		line := "sub:" + strconv.Quote(v) + " 2099-01-01T00:00:00Z # c"
+		b, err := parseBlocklist(strings.NewReader(line))
+		if err != nil {
+			t.Fatalf("parseBlocklist(%q): %v", line, err)
+		}
+		if _, ok := b.sub[v]; !ok || len(b.sub) != 1 {
+			t.Fatalf("parseBlocklist(%q) = %q, want only %q", line, b.sub, v)
+		}
+	})
 }
 
 // TestBlocklistQuotedUser: with user_claim name, `sub:"John Doe"` blocks the
