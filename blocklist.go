@@ -10,25 +10,36 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
 )
 
-// The blocklist file: one entry a line, "#" starts a comment.
+// The blocklist file: one entry a line, each optionally followed by an
+// RFC 3339 expiry; "#" at the start of a word starts a comment.
 //
-//	jti:<token id> [<RFC 3339 expiry>]
-//	sub:<user>     [<RFC 3339 expiry>]
-//	ip:<address or CIDR> [<RFC 3339 expiry>]
+//	jti:<token id> [<expiry>]
+//	sub:<user>     [<expiry>]
+//	ip:<address or CIDR> [<expiry>]
 //
-// The file is read when a config first names it (an error there fails the
-// config) and read again when its size or modification time changes; a
-// version that fails to parse keeps the previous list in force and logs the
-// line that failed.
+// A value is one word, in which "#" is part of the value (jti:abc#def), or
+// a double-quoted Go string literal holding anything, with backslash
+// escapes (\" \\ \t \u00e9 ...): sub:"John Doe", sub:"say \"hi\" # 2".
+// The closing quote is followed by a space or the end of the line. A quoted
+// value is not empty, has valid escapes and is valid UTF-8.
+//
+// The file must be a regular file, or a link to one: a FIFO, a device or a
+// directory is refused before anything is read from it. The file is read
+// when a config first names it (an error there fails the config) and read
+// again when it changes; a version that fails to parse keeps the previous
+// list in force and logs the line that failed.
 
 const (
 	// maxBlocklistFile bounds what is read of a blocklist file.
@@ -124,32 +135,12 @@ func parseBlocklist(r io.Reader) (*blockSet, error) {
 		if line == 1 {
 			text = strings.TrimPrefix(text, "\uFEFF") // a byte order mark
 		}
-		fields := strings.Fields(text)
-		// "#" starts a comment where a field starts, so that a value may
-		// hold one (jti:abc#def).
-		for i, f := range fields {
-			if strings.HasPrefix(f, "#") {
-				fields = fields[:i]
-				break
-			}
+		kind, value, expires, ok, err := parseBlocklistLine(text)
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %v", line, err)
 		}
-		if len(fields) == 0 {
-			continue
-		}
-		if len(fields) > 2 {
-			return nil, fmt.Errorf("line %d: want <kind>:<value> [<expiry>]", line)
-		}
-		var expires time.Time
-		if len(fields) == 2 {
-			t, err := time.Parse(time.RFC3339, fields[1])
-			if err != nil {
-				return nil, fmt.Errorf("line %d: expiry is not RFC 3339: %q", line, fields[1])
-			}
-			expires = t
-		}
-		kind, value, _ := strings.Cut(fields[0], ":")
-		if value == "" {
-			return nil, fmt.Errorf("line %d: want <kind>:<value>, kind jti, sub or ip", line)
+		if !ok {
+			continue // blank or a comment
 		}
 		switch kind {
 		case "jti":
@@ -174,6 +165,94 @@ func parseBlocklist(r io.Reader) (*blockSet, error) {
 	}
 	slices.SortFunc(b.bits, func(x, y int) int { return y - x })
 	return b, nil
+}
+
+// parseBlocklistLine parses one line; ok is false for a line without an
+// entry. Words are separated by white space (unicode.IsSpace); "#" starts a
+// comment where a word starts, so that an unquoted value may hold one
+// (jti:abc#def). A value that starts with a double quote is a Go string
+// literal, up to its closing quote, which a space or the end of the line
+// must follow.
+func parseBlocklistLine(text string) (kind, value string, expires time.Time, ok bool, err error) {
+	rest := strings.TrimLeftFunc(text, unicode.IsSpace)
+	if rest == "" || rest[0] == '#' {
+		return "", "", time.Time{}, false, nil
+	}
+	word, _ := nextWord(rest)
+	i := strings.IndexByte(word, ':')
+	if i < 0 {
+		return "", "", time.Time{}, false, errors.New("want <kind>:<value> [<expiry>]")
+	}
+	kind, rest = rest[:i], rest[i+1:]
+	quoted := strings.HasPrefix(rest, `"`)
+	if quoted {
+		if value, rest, err = quotedValue(rest); err != nil {
+			return "", "", time.Time{}, false, err
+		}
+		if value == "" {
+			return "", "", time.Time{}, false, errors.New("empty quoted value")
+		}
+	} else {
+		value, rest = nextWord(rest)
+	}
+	if value == "" {
+		return "", "", time.Time{}, false, errors.New("want <kind>:<value>, kind jti, sub or ip")
+	}
+	rest = strings.TrimLeftFunc(rest, unicode.IsSpace)
+	if rest != "" && rest[0] != '#' {
+		var word string
+		word, rest = nextWord(rest)
+		if expires, err = time.Parse(time.RFC3339, word); err != nil {
+			if !quoted {
+				return "", "", time.Time{}, false, fmt.Errorf("expiry is not RFC 3339: %q (a value with spaces is written in double quotes)", word)
+			}
+			return "", "", time.Time{}, false, fmt.Errorf("expiry is not RFC 3339: %q", word)
+		}
+		rest = strings.TrimLeftFunc(rest, unicode.IsSpace)
+		if rest != "" && rest[0] != '#' {
+			return "", "", time.Time{}, false, errors.New("want <kind>:<value> [<expiry>]")
+		}
+	}
+	return kind, value, expires, true, nil
+}
+
+// nextWord splits s, which starts with a word, after that word.
+func nextWord(s string) (word, rest string) {
+	if i := strings.IndexFunc(s, unicode.IsSpace); i >= 0 {
+		return s[:i], s[i:]
+	}
+	return s, ""
+}
+
+// quotedValue decodes the Go string literal that s starts with and returns
+// the rest of s after it.
+func quotedValue(s string) (value, rest string, err error) {
+	end := 1
+	for end < len(s) && s[end] != '"' {
+		if s[end] == '\\' {
+			end++
+		}
+		end++
+	}
+	if end >= len(s) {
+		return "", "", errors.New("quoted value without its closing quote")
+	}
+	lit, rest := s[:end+1], s[end+1:]
+	if !utf8.ValidString(lit) {
+		return "", "", errors.New("quoted value is not valid UTF-8")
+	}
+	if value, err = strconv.Unquote(lit); err != nil {
+		return "", "", errors.New("quoted value has an invalid escape")
+	}
+	if !utf8.ValidString(value) { // \x or octal escapes
+		return "", "", errors.New("quoted value is not valid UTF-8")
+	}
+	if rest != "" {
+		if r, _ := utf8.DecodeRuneInString(rest); !unicode.IsSpace(r) {
+			return "", "", errors.New("want a space or the end of the line after a quoted value")
+		}
+	}
+	return value, rest, nil
 }
 
 // blocklistFile is a blocklist file kept up to date.

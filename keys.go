@@ -24,6 +24,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 	"unsafe"
 
@@ -528,7 +529,9 @@ func openRegular(path string) (*os.File, os.FileInfo, error) {
 	if err := checkRegular(fi); err != nil {
 		return nil, nil, err
 	}
-	f, err := os.Open(path)
+	// O_NONBLOCK: a FIFO put in the file's place since the check must not
+	// block the open either.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/golang-jwt/jwt/v5"
 
@@ -169,6 +170,161 @@ func TestParseBlocklist(t *testing.T) {
 	} {
 		if _, err := parseBlocklist(strings.NewReader(in)); err == nil || !strings.Contains(err.Error(), line) {
 			t.Errorf("parseBlocklist(%q) = %v, want an error naming %s", in, err, line)
+		}
+	}
+}
+
+// TestParseBlocklistQuoted: a double-quoted value holds any user, jti or
+// address, with Go escapes; unquoted values read as before.
+func TestParseBlocklistQuoted(t *testing.T) {
+	exp := time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name, line string
+		kind       string // jti, sub or ip
+		value      string
+		expires    time.Time
+	}{
+		{"space", `sub:"John Doe"`, "sub", "John Doe", time.Time{}},
+		{"quotes and hash", `sub:"has \"quotes\" and # hash"`, "sub", `has "quotes" and # hash`, time.Time{}},
+		{"backslash", `sub:"a\\b"`, "sub", `a\b`, time.Time{}},
+		{"jti with space", `jti:"a b"`, "jti", "a b", time.Time{}},
+		{"unicode escape", `sub:"Ren\u00e9e"`, "sub", "Renée", time.Time{}},
+		{"unicode literal", `sub:"Renée 日本"`, "sub", "Renée 日本", time.Time{}},
+		{"tab inside", "sub:\"a\tb\"", "sub", "a\tb", time.Time{}},
+		{"escaped tab", `sub:"a\tb"`, "sub", "a\tb", time.Time{}},
+		{"leading and trailing spaces", `sub:"  x  "`, "sub", "  x  ", time.Time{}},
+		{"only a hash", `jti:"#"`, "jti", "#", time.Time{}},
+		{"expiry", `sub:"John Doe" 2099-01-01T00:00:00Z`, "sub", "John Doe", exp},
+		{"expiry after a tab", "sub:\"John Doe\"\t2099-01-01T00:00:00Z", "sub", "John Doe", exp},
+		{"comment", `sub:"John Doe" # a comment "with quotes`, "sub", "John Doe", time.Time{}},
+		{"expiry and comment", `  sub:"John Doe"   2099-01-01T00:00:00Z   # until then`, "sub", "John Doe", exp},
+		{"quoted ip", `ip:"192.0.2.7"`, "ip", "192.0.2.7", time.Time{}},
+		{"quoted cidr", `ip:"10.0.0.0/8" 2099-01-01T00:00:00Z`, "ip", "10.1.2.3", exp},
+		// Unquoted values read exactly as before.
+		{"unquoted", `sub:mallory`, "sub", "mallory", time.Time{}},
+		{"unquoted hash inside", `jti:abc#def`, "jti", "abc#def", time.Time{}},
+		{"unquoted quote inside", `sub:o"neil`, "sub", `o"neil`, time.Time{}},
+		{"unquoted comment", `jti:abc #def`, "jti", "abc", time.Time{}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := parseBlocklist(strings.NewReader("# first line\n" + tc.line + "\n"))
+			if err != nil {
+				t.Fatalf("parseBlocklist(%q): %v", tc.line, err)
+			}
+			var got time.Time
+			var ok bool
+			switch tc.kind {
+			case "jti":
+				got, ok = b.jti[tc.value]
+				ok = ok && len(b.jti) == 1 && len(b.sub) == 0
+			case "sub":
+				got, ok = b.sub[tc.value]
+				ok = ok && len(b.sub) == 1 && len(b.jti) == 0
+			case "ip":
+				ok = len(b.nets) == 1 && b.blockedIP(tc.value, time.Now())
+				for _, e := range b.nets {
+					got = e
+				}
+			}
+			if !ok {
+				t.Fatalf("parseBlocklist(%q) = jti %q sub %q nets %v, want only %s %q", tc.line, b.jti, b.sub, b.nets, tc.kind, tc.value)
+			}
+			if !got.Equal(tc.expires) {
+				t.Errorf("parseBlocklist(%q): expiry %v, want %v", tc.line, got, tc.expires)
+			}
+		})
+	}
+
+	for in, want := range map[string]string{
+		"sub:a\nsub:\"John Doe\n":                        "line 2: ",
+		"sub:a\nsub:\"John Doe\\\"\n":                    "line 2: ",
+		"sub:\"a\\qb\"\n":                                "line 1: ",
+		"sub:\"\\ud800\"\n":                              "line 1: ",
+		"jti:\"a\\'b\"\n":                                "line 1: ",
+		"\n\nsub:\"\"\n":                                 "line 3: ",
+		"sub:\"\" 2099-01-01T00:00:00Z\n":                "line 1: ",
+		"sub:\"a\"b\n":                                   "line 1: ",
+		"sub:\"a\"#b\n":                                  "line 1: ",
+		"sub:\"a\" tomorrow\n":                           "line 1: ",
+		"sub:\"a\" 2099-01-01T00:00:00Z x\n":             "line 1: ",
+		"sub:\"John\" Doe\n":                             "line 1: ",
+		"ip:\"300.1.1.1\"\n":                             "line 1: ",
+		"ip:\" 10.0.0.1\"\n":                             "line 1: ",
+		"sub:John Doe\n":                                 "line 1: ",
+		"sub:\"\\xff\"\n":                                "line 1: ",
+		"# \"unterminated in a comment is fine\nsub:\"a": "line 2: ",
+		":foo\n":           "line 1: ",
+		"sub:\"\n":         "line 1: ",
+		"sub:\"a\\\n":      "line 1: ",
+		"sub:\"a\xffb\"\n": "line 1: ",
+	} {
+		_, err := parseBlocklist(strings.NewReader(in))
+		if err == nil || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("parseBlocklist(%q) = %v, want an error starting %q", in, err, want)
+		}
+	}
+}
+
+// FuzzParseBlocklistQuoted: any user ID can be written in the file, as
+// strconv.Quote writes it, and read back as is; no line panics.
+func FuzzParseBlocklistQuoted(f *testing.F) {
+	for _, s := range []string{"John Doe", `a "b" # c`, "Renée\t日本", `\`, "#", " ", "\x00", "\u2028"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		_, _ = parseBlocklist(strings.NewReader(v)) // no panic on any line
+		if v == "" || !utf8.ValidString(v) {
+			return
+		}
+		line := "sub:" + strconv.Quote(v) + " 2099-01-01T00:00:00Z # c"
+		b, err := parseBlocklist(strings.NewReader(line))
+		if err != nil {
+			t.Fatalf("parseBlocklist(%q): %v", line, err)
+		}
+		if _, ok := b.sub[v]; !ok || len(b.sub) != 1 {
+			t.Fatalf("parseBlocklist(%q) = %q, want only %q", line, b.sub, v)
+		}
+	})
+}
+
+// TestBlocklistQuotedUser: with user_claim name, `sub:"John Doe"` blocks the
+// user John Doe, and the other entries of the file apply too, through a
+// real Caddy.
+func TestBlocklistQuotedUser(t *testing.T) {
+	list := filepath.Join(t.TempDir(), "blocklist.txt")
+	if err := os.WriteFile(list, []byte(`sub:"John Doe"            # a name with a space
+sub:"Zo\u00eb \"Z\" Smith" 2099-01-01T00:00:00Z
+sub:mallory
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	up := newUpstream(t)
+	addr := startCaddy(t, site("user_claim name\n\t\tblocklist_file "+list), up.addr())
+	try := func(name string) string {
+		tok := hs256(t, claims("id-"+strings.ReplaceAll(name, " ", "-"), func(c jwt.MapClaims) { c["name"] = name }))
+		c, resp, err := dial(addr, "/ws", dialOpts{query: "token=" + tok})
+		return outcome(t, c, resp, err)
+	}
+	for name, want := range map[string]string{
+		"John Doe":        "close 1008 blocked",
+		`Zoë "Z" Smith`:   "close 1008 blocked",
+		"mallory":         "close 1008 blocked",
+		"John":            "accepted",
+		"John Doe Junior": "accepted",
+		"Jane Doe":        "accepted",
+		`"John Doe"`:      "accepted",
+	} {
+		if got := try(name); got != want {
+			t.Errorf("name %q: %s, want %s", name, got, want)
+		}
+	}
+	reqs := up.requests()
+	if len(reqs) != 4 {
+		t.Fatalf("upstream saw %d upgrades, want 4", len(reqs))
+	}
+	for _, r := range reqs {
+		if u := r.Header.Get("X-User"); u == "John Doe" || u == "mallory" {
+			t.Errorf("a blocked user reached the upstream: %q", u)
 		}
 	}
 }
