@@ -1,6 +1,9 @@
 package wsauth
 
 import (
+	"errors"
+	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -74,11 +77,17 @@ func parseCaddyfile(helper httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 // token source names and schemes (header field names, cookie names and
 // subprotocol markers must be tokens), a jwks URL (https, or plain http to
 // a loopback address; one with a placeholder is checked at load), jwks
-// refresh (at least 10s) and timeout (at most 1m), rate_limit bounds and
-// leeway (at most 1h). The same rules run again at provision, for JSON
-// configs. Keys and files are checked at provision.
+// refresh (at least 10s) and timeout (at most 1m), rate_limit bounds,
+// leeway (at most 1h), that there is a key source, that every algorithm
+// can be verified by a configured type of key (checkKeyTypes), and that
+// the environment variables a secret names ({env.NAME}) are set. The same
+// rules run again at provision, for JSON configs, where the environment
+// is the one Caddy runs in. Key files, key sets and secret values are
+// checked at provision.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
+	// Errors about the block as a whole are reported at the directive.
+	directive := d.Token()
 	if d.NextArg() {
 		return d.ArgErr()
 	}
@@ -96,6 +105,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	// source needs an Origin check (see Validate); the error is made where
 	// the source is written, and returned if no allowed_origins follows.
 	var cookieErr error
+
+	// Where each algorithm was named, for an error found after the block.
+	algTokens := make(map[string]caddyfile.Token)
 
 	var last string // the previous option, for a block it does not take
 	for d.NextBlock(0) {
@@ -121,7 +133,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.TokenSources = append(h.TokenSources, ts)
 
 		case "secret":
-			v, err := oneArg(d)
+			v, err := parseSecret(d)
 			if err != nil {
 				return err
 			}
@@ -206,6 +218,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					}
 					if jwt.GetSigningMethod(alg) == nil {
 						return d.Errf("algorithms: unknown algorithm %q", alg)
+					}
+				}
+				for _, alg := range args {
+					if _, dup := algTokens[alg]; !dup {
+						algTokens[alg] = d.Token()
 					}
 				}
 				h.Algorithms = append(h.Algorithms, args...)
@@ -390,7 +407,65 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if cookieErr != nil && len(h.AllowedOrigins) == 0 {
 		return cookieErr
 	}
+	// The key sources and algorithms, judged by key type as Provision
+	// judges them first (checkKeyTypes); which algorithms a public_key
+	// verifies depends on its file, read at load.
+	if err := checkHandlerKeyTypes(h); err != nil {
+		if errors.Is(err, errNoKeyConfigured) {
+			return errAt(directive, "ws_auth: %v", err)
+		}
+		for _, alg := range h.Algorithms {
+			if err := checkKeyTypes(len(h.Secrets), len(h.PublicKeys), len(h.JWKS)+len(h.JWKSFiles), []string{alg}); err != nil {
+				return errAt(algTokens[alg], "%v", err)
+			}
+		}
+		return errAt(directive, "%v", err)
+	}
 	return nil
+}
+
+// unsetVarHint explains an empty secret: Caddy replaces {$NAME} before
+// any directive sees the tokens, an unset variable with nothing, so the
+// name of the variable is gone by then.
+const unsetVarHint = " (a {$NAME} whose environment variable is not set is replaced with nothing)"
+
+// parseSecret returns the value of a secret option. A secret that names
+// an environment variable ({env.NAME}) that is unset or empty here is an
+// error, found where the Caddyfile is adapted: `caddy run` adapts it in
+// the environment it runs in. The value itself is never in an error.
+func parseSecret(d *caddyfile.Dispenser) (string, error) {
+	if !d.NextArg() {
+		return "", d.Errf("secret: missing value%s", unsetVarHint)
+	}
+	v := d.Val()
+	if d.NextArg() {
+		return "", d.Errf("secret: too many arguments")
+	}
+	if v == "" || v == "base64:" {
+		return "", d.Errf("secret: empty value%s", unsetVarHint)
+	}
+	for _, m := range envPlaceholder.FindAllStringSubmatch(v, -1) {
+		val, ok := os.LookupEnv(m[1])
+		if !ok {
+			return "", d.Errf("secret: environment variable %s is not set (%s)", m[1], m[0])
+		}
+		if val == "" {
+			return "", d.Errf("secret: environment variable %s is empty (%s)", m[1], m[0])
+		}
+	}
+	return v, nil
+}
+
+// envPlaceholder matches an {env.NAME} placeholder, with NAME as its group.
+var envPlaceholder = regexp.MustCompile(`\{env\.([^{}]+)\}`)
+
+// errAt is d.Errf for tok, a token the dispenser has moved past: the
+// error names tok's file and line (and import chain), as d.Errf would
+// have there.
+func errAt(tok caddyfile.Token, format string, args ...any) error {
+	d := caddyfile.NewDispenser([]caddyfile.Token{tok})
+	d.Next()
+	return d.Errf(format, args...)
 }
 
 func parseTokenSource(d *caddyfile.Dispenser) (TokenSource, error) {

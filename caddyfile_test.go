@@ -47,6 +47,10 @@ func TestCaddyfileAdapt(t *testing.T) {
 	if len(files) == 0 {
 		t.Fatalf("no .caddyfiletest files in %s", adaptDir)
 	}
+	// The examples read their secret from {env.WS_SECRET}, which the
+	// parser requires to be set where the Caddyfile is adapted; the error
+	// tests for unset variables name WSAUTH_TEST_UNSET_* instead.
+	t.Setenv("WS_SECRET", validateSecret)
 	for _, file := range files {
 		name := filepath.Base(file)
 		t.Run(strings.TrimSuffix(name, ".caddyfiletest"), func(t *testing.T) {
@@ -183,8 +187,8 @@ func TestCaddyfileValidate(t *testing.T) {
 		{
 			name:  "no key",
 			site:  "\tws_auth {\n\t\tissuer me\n\t}",
-			stage: "provision",
-			want:  []string{"no key configured", "secret", "public_key", "jwks", "jwks_file"},
+			stage: "adapt",
+			want:  []string{"ws_auth: no key configured: need secret, public_key, jwks or jwks_file", ", at Caddyfile:2"},
 		},
 		{
 			name:  "public_key missing file",
@@ -201,14 +205,20 @@ func TestCaddyfileValidate(t *testing.T) {
 		{
 			name:  "secret placeholder that is not set",
 			site:  "\tws_auth {\n\t\tsecret {env.WSAUTH_TEST_UNSET_SECRET}\n\t}",
-			stage: "provision",
-			want:  []string{"secret {env.WSAUTH_TEST_UNSET_SECRET}: empty (is the environment variable set?)"},
+			stage: "adapt",
+			want:  []string{"secret: environment variable WSAUTH_TEST_UNSET_SECRET is not set ({env.WSAUTH_TEST_UNSET_SECRET})", ", at Caddyfile:3"},
 		},
 		{
 			name:  "secret base64 placeholder that is not set",
 			site:  "\tws_auth {\n\t\tsecret base64:{env.WSAUTH_TEST_UNSET_SECRET}\n\t}",
-			stage: "provision",
-			want:  []string{"secret base64:{env.WSAUTH_TEST_UNSET_SECRET}: empty (is the environment variable set?)"},
+			stage: "adapt",
+			want:  []string{"secret: environment variable WSAUTH_TEST_UNSET_SECRET is not set ({env.WSAUTH_TEST_UNSET_SECRET})", ", at Caddyfile:3"},
+		},
+		{
+			name:  "secret {$NAME} that is not set",
+			site:  "\tws_auth {\n\t\tsecret {$WSAUTH_TEST_UNSET_SECRET}\n\t}",
+			stage: "adapt",
+			want:  []string{"secret: missing value (a {$NAME} whose environment variable is not set is replaced with nothing)", ", at Caddyfile:3"},
 		},
 		{
 			name:  "jwks URL with a placeholder is judged at load",
@@ -217,10 +227,18 @@ func TestCaddyfileValidate(t *testing.T) {
 			want:  []string{"jwks: not a URL"},
 		},
 		{
-			name:  "algorithms that no key verifies",
+			name:  "algorithms that no key type verifies",
 			site:  "\tws_auth {\n\t\tsecret " + validateSecret + "\n\t\talgorithms RS256\n\t}",
+			stage: "adapt",
+			want:  []string{"algorithms: no configured key can verify RS256: it needs a public_key, jwks or jwks_file", ", at Caddyfile:4"},
+		},
+		{
+			// Which asymmetric algorithms a public_key verifies depends
+			// on its file, read at load.
+			name:  "algorithms that the public key file does not verify",
+			site:  "\tws_auth {\n\t\tpublic_key " + writePublicPEM(t, &testKeys().rsa.PublicKey) + "\n\t\talgorithms ES256\n\t}",
 			stage: "provision",
-			want:  []string{"algorithms", "RS256"},
+			want:  []string{"algorithms: no configured key can verify ES256"},
 		},
 		{
 			name:  "algorithms none",
@@ -241,6 +259,16 @@ func TestCaddyfileValidate(t *testing.T) {
 			want:  []string{"allowed_origins", `"app.example.com" is not an origin`, ", at Caddyfile:4"},
 		},
 	}
+	// An environment variable that is set but empty is as good as unset.
+	t.Run("secret placeholder that is empty", func(t *testing.T) {
+		t.Setenv("WSAUTH_TEST_EMPTY_SECRET", "")
+		stage, err := validateSite("\tws_auth {\n\t\tsecret {env.WSAUTH_TEST_EMPTY_SECRET}\n\t}")
+		want := "secret: environment variable WSAUTH_TEST_EMPTY_SECRET is empty ({env.WSAUTH_TEST_EMPTY_SECRET}), at Caddyfile:3"
+		if err == nil || stage != "adapt" || !strings.Contains(err.Error(), want) {
+			t.Errorf("error at %s: %v, want at adapt: %q", stage, err, want)
+		}
+	})
+
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			stage, err := validateSite(tt.site)
@@ -376,6 +404,26 @@ func TestCaddyfileValidate(t *testing.T) {
 			want:    []string{"secret 1: empty"},
 		},
 		{
+			name:    "no key",
+			handler: `{"handler":"ws_auth","issuers":["me"]}`,
+			want:    []string{"no key configured: need secret, public_key, jwks or jwks_file"},
+		},
+		{
+			name:    "algorithms that no key type verifies",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"algorithms":["RS256"]}`,
+			want:    []string{"algorithms: no configured key can verify RS256: it needs a public_key, jwks or jwks_file"},
+		},
+		{
+			name:    "secret placeholder that is not set",
+			handler: `{"handler":"ws_auth","secrets":["{env.WSAUTH_TEST_UNSET_SECRET}"]}`,
+			want:    []string{"secret {env.WSAUTH_TEST_UNSET_SECRET}: empty (is the environment variable set?)"},
+		},
+		{
+			name:    "secret base64 placeholder that is not set",
+			handler: `{"handler":"ws_auth","secrets":["base64:{env.WSAUTH_TEST_UNSET_SECRET}"]}`,
+			want:    []string{"secret base64:{env.WSAUTH_TEST_UNSET_SECRET}: empty (is the environment variable set?)"},
+		},
+		{
 			name:    "reject maybe",
 			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"reject":"maybe"}`,
 			want:    []string{"reject", "maybe"},
@@ -439,6 +487,10 @@ func TestSecretErrorsKeepSecrets(t *testing.T) {
 // and loads (`caddy validate`).
 func TestExampleCaddyfileAdapts(t *testing.T) {
 	const name = "example.Caddyfile"
+	// As the demo's first run does, without WS_SECRET: the demo default
+	// applies. TestREADMEBlocks validates it with WS_SECRET set.
+	t.Setenv("WS_SECRET", "")
+	os.Unsetenv("WS_SECRET")
 	body, err := os.ReadFile(name)
 	if errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("%s is missing: SPEC.md promises `go run ./cmd/caddy run --config %s`", name, name)

@@ -45,6 +45,54 @@ var (
 	jwksDefault = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
 
+// errNoKeyConfigured is the error for a handler without any key source.
+var errNoKeyConfigured = errors.New("no key configured: need secret, public_key, jwks or jwks_file")
+
+// isAsymmetric reports whether alg is verified with a public key.
+func isAsymmetric(alg string) bool {
+	for _, a := range ecdsaAlgs {
+		if a == alg {
+			return true
+		}
+	}
+	return slices.Contains(rsaAlgs, alg) || slices.Contains(eddsaAlgs, alg)
+}
+
+// checkKeyTypes is the rule for key sources and algorithms judged by key
+// type alone, as a Caddyfile shows them, so that the parser and Provision
+// apply the same one: there is at least one key source, and every
+// algorithm of the allow-list can be verified by a configured type of key.
+// A secret verifies the HMAC algorithms; a public key the asymmetric ones
+// (which exactly depends on the file, read at load); a key set (jwks,
+// jwks_file) any, since a local set may hold symmetric keys. Unknown
+// algorithms and "none" are left to the caller's own checks.
+func checkKeyTypes(secrets, publicKeys, keySets int, algorithms []string) error {
+	if secrets+publicKeys+keySets == 0 {
+		return errNoKeyConfigured
+	}
+	if keySets > 0 {
+		return nil
+	}
+	for _, alg := range algorithms {
+		switch {
+		case slices.Contains(hmacAlgs, alg):
+			if secrets == 0 {
+				return fmt.Errorf("algorithms: no configured key can verify %s: it needs a secret, jwks or jwks_file", alg)
+			}
+		case isAsymmetric(alg):
+			if publicKeys == 0 {
+				return fmt.Errorf("algorithms: no configured key can verify %s: it needs a public_key, jwks or jwks_file", alg)
+			}
+		}
+	}
+	return nil
+}
+
+// checkHandlerKeyTypes is checkKeyTypes for a handler's configuration.
+func checkHandlerKeyTypes(h *Handler) error {
+	return checkKeyTypes(len(h.Secrets), len(h.PublicKeys), len(h.JWKS)+len(h.JWKSFiles), h.Algorithms)
+}
+
 const (
 	// maxJWKSBody bounds a JWK Set response; real sets are a few KiB.
 	maxJWKSBody = 1 << 20
@@ -83,6 +131,11 @@ type jwkSource struct {
 }
 
 func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, err error) {
+	// By key type first, as the Caddyfile parser judges, before any file
+	// is read or key set fetched.
+	if err := checkHandlerKeyTypes(h); err != nil {
+		return nil, err
+	}
 	k := &keyring{static: make(map[string]any), ctx: ctx}
 	defer func() {
 		if err != nil {
@@ -171,7 +224,7 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, er
 	}
 
 	if len(k.static) == 0 && len(k.sets) == 0 {
-		return nil, fmt.Errorf("no key configured: need secret, public_key, jwks or jwks_file")
+		return nil, errNoKeyConfigured
 	}
 	if len(k.sets) > 0 {
 		k.setAlgs = jwksDefault
