@@ -261,6 +261,13 @@ func TestAccessLogShowsRefusals(t *testing.T) {
 	if got := outcome(t, c, nil, nil); got != "close 4001 expired" {
 		t.Errorf("first message: %s", got)
 	}
+	// Caddy writes an entry when the handler returns, which for a refused
+	// WebSocket is after the client's Close came back: wait for all four.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if data, _ := os.ReadFile(access); strings.Count(string(data), `"uri":"/ws/`) >= 4 {
+			break
+		}
+	}
 	if err := caddyStop(); err != nil { // flushes the log file
 		t.Fatal(err)
 	}
