@@ -44,6 +44,7 @@ func parseEcho(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //	ws_demo_page [<matcher>] {
 //	    login_path <path>       # default /login
 //	    websocket_path <path>   # default /ws
+//	    url <url>               # logged at start: "demo: open <url>"
 //	}
 func (p *Page) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -70,6 +71,21 @@ func (p *Page) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			p.WebSocketPath = v
+		case "url":
+			if p.URL != "" {
+				return d.Errf("url already specified: %s", p.URL)
+			}
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			v := d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			if err := checkPageURL(v); err != nil {
+				return d.Err(err.Error())
+			}
+			p.URL = v
 		default:
 			return d.Errf("unrecognized subdirective '%s'", d.Val())
 		}

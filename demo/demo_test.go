@@ -549,6 +549,17 @@ func TestPagePaths(t *testing.T) {
 	if err := bad.Validate(); err == nil {
 		t.Error("Validate accepted a relative login_path")
 	}
+
+	for _, u := range []string{"localhost:8080", "/", "ftp://localhost/", "http://"} {
+		bad := &Page{URL: u}
+		if err := bad.Provision(testContext(t)); err != nil {
+			t.Fatal(err)
+		}
+		if err := bad.Validate(); err == nil {
+			t.Errorf("Validate accepted the url %q", u)
+		}
+	}
+	newPage(t, &Page{URL: "https://demo.example.com:8443/"})
 }
 
 func TestPageRejectsOtherMethods(t *testing.T) {
@@ -586,6 +597,11 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "page relative path", input: "ws_demo_page {\nlogin_path login\n}", module: new(Page), wantErr: "must start with '/'"},
 		{name: "page duplicate", input: "ws_demo_page {\nlogin_path /a\nlogin_path /b\n}", module: new(Page), wantErr: "already specified"},
 		{name: "page unknown", input: "ws_demo_page {\nsecret x\n}", module: new(Page), wantErr: "unrecognized subdirective 'secret'"},
+		{name: "page url", input: "ws_demo_page {\nurl http://localhost:9090/\n}", module: new(Page), want: &Page{URL: "http://localhost:9090/"}},
+		{name: "page url relative", input: "ws_demo_page {\nurl localhost:9090\n}", module: new(Page), wantErr: "absolute http or https URL"},
+		{name: "page url other scheme", input: "ws_demo_page {\nurl ws://localhost:9090/\n}", module: new(Page), wantErr: "absolute http or https URL"},
+		{name: "page url missing", input: "ws_demo_page {\nurl\n}", module: new(Page), wantErr: "wrong argument count"},
+		{name: "page url duplicate", input: "ws_demo_page {\nurl http://a/\nurl http://b/\n}", module: new(Page), wantErr: "already specified"},
 
 		{name: "login", module: new(Login), input: `ws_demo_login {
 			secret {env.WS_SECRET}

@@ -6,8 +6,8 @@
 //
 //	go run ./cmd/caddy run --config example.Caddyfile
 //
-// start a complete, protected demo on http://localhost:8080 with no other
-// process.
+// start a complete, protected demo on http://localhost:8080 (or on the port
+// in the DEMO_PORT environment variable) with no other process.
 //
 // DEMO ONLY: ws_demo_login signs a token for anyone who asks, for any user
 // and any scope. It exists to try ws_auth out; real tokens come from an

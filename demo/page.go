@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"html"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
+
+	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -46,6 +49,12 @@ type Page struct {
 	// Default: /ws
 	WebSocketPath string `json:"websocket_path,omitempty"`
 
+	// Where people open the page, e.g. http://localhost:8080/. When set,
+	// it is logged at INFO level when the module is provisioned ("demo:
+	// open <url>"), so that whoever starts Caddy sees where to go. It must
+	// be an absolute http or https URL. Default: no such line.
+	URL string `json:"url,omitempty"`
+
 	body []byte
 	csp  string
 }
@@ -58,8 +67,9 @@ func (Page) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision renders the page once and computes its Content-Security-Policy.
-func (p *Page) Provision(caddy.Context) error {
+// Provision renders the page once, computes its Content-Security-Policy
+// and logs where to open it.
+func (p *Page) Provision(ctx caddy.Context) error {
 	if p.LoginPath == "" {
 		p.LoginPath = "/login"
 	}
@@ -88,16 +98,32 @@ func (p *Page) Provision(caddy.Context) error {
 		"img-src data:; " +
 		"base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 	p.body = []byte(body)
+	if p.URL != "" {
+		ctx.Logger().Info("demo: open "+p.URL, zap.String("url", p.URL))
+	}
 	return nil
 }
 
-// Validate checks that both paths are absolute.
+// Validate checks that both paths are absolute and that the URL, if any, is
+// an absolute http or https URL.
 func (p *Page) Validate() error {
 	if !strings.HasPrefix(p.LoginPath, "/") {
 		return fmt.Errorf("login_path must start with '/': %q", p.LoginPath)
 	}
 	if !strings.HasPrefix(p.WebSocketPath, "/") {
 		return fmt.Errorf("websocket_path must start with '/': %q", p.WebSocketPath)
+	}
+	if p.URL != "" {
+		return checkPageURL(p.URL)
+	}
+	return nil
+}
+
+// checkPageURL is the rule for the page's url.
+func checkPageURL(v string) error {
+	u, err := url.Parse(v)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("url must be an absolute http or https URL: %q", v)
 	}
 	return nil
 }
