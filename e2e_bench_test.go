@@ -218,6 +218,9 @@ func (c *e2eClient) sites(b *testing.B) [2]string {
 			s = e2eSites[0]
 		}
 		sites[i] = fmt.Sprintf("127.0.0.1:%d", freePort(b))
+		for i == 1 && sites[1] == sites[0] { // the port was free again
+			sites[1] = fmt.Sprintf("127.0.0.1:%d", freePort(b))
+		}
 		cfg += fmt.Sprintf("\nhttp://%s {\n%s\n}\n", sites[i], strings.ReplaceAll(s.site, "%UPSTREAM%", ups[i]))
 	}
 	if err := loadCaddyfile(cfg); err != nil {
