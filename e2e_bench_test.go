@@ -66,7 +66,7 @@ import (
 //
 // Every measurement gets fresh Caddy and upstream ports, because the
 // connections it closes wait in TIME_WAIT: at most 20000 handshakes per site
-// in one measurement (about -benchtime 10s here) keep the address pairs from
+// in one measurement (about -benchtime 25s on a 2-core machine) keep the address pairs from
 // repeating within the ephemeral port range.
 func BenchmarkE2E(b *testing.B) {
 	cl := startE2EClient(b)
