@@ -66,8 +66,8 @@ import (
 //
 // Every measurement gets fresh Caddy and upstream ports, because the
 // connections it closes wait in TIME_WAIT: at most 20000 handshakes per site
-// in one measurement (about -benchtime 25s on a 2-core machine) keep the address pairs from
-// repeating within the ephemeral port range.
+// in one measurement (about -benchtime 25s on a 2-core machine) keep the
+// address pairs from repeating within the ephemeral port range.
 func BenchmarkE2E(b *testing.B) {
 	cl := startE2EClient(b)
 	b.Run("handshake", func(b *testing.B) {
