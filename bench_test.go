@@ -20,7 +20,7 @@ import (
 // golang-jwt parse+verify of the same token into MapClaims, the floor the
 // issue measures us against. Run with:
 //
-//	go test -run '^$' -bench . -benchmem
+//	go test -run '^$' -bench 'Handshake|Placeholders' -benchmem
 //
 // Requests are built outside the timer in batches, because Caddy builds a
 // request (and its replacer) whether or not ws_auth runs.
