@@ -42,7 +42,7 @@ import (
 // key PEM, an empty blocklist, a JWK Set, a log file); a remote jwks URL is
 // a loopback HTTP server serving a real JWK Set (plain http is allowed to
 // loopback), and the test checks that validation fetched it; every
-// {env.NAME} and {$NAME} is set with t.Setenv. A block that names a file
+// {env.NAME} and {$NAME} without a default is set with t.Setenv. A block that names a file
 // or a jwks URL without a stand-in fails, rather than reach for the real
 // one.
 //
@@ -168,8 +168,9 @@ func newDocStandIns(t *testing.T) *docStandIns {
 // paths are the absolute file paths that need a stand-in.
 var docPath = regexp.MustCompile(`(?:^|[\s"])(/(?:etc|var|srv|opt|home|usr)/[^\s"]+)`)
 
-// docEnv is an environment variable an example reads.
-var docEnv = regexp.MustCompile(`\{(?:env\.|\$)([A-Za-z_][A-Za-z0-9_]*)`)
+// docEnv is an environment variable an example reads without a default
+// ({$NAME:default} works as written, and DEMO_PORT is no secret).
+var docEnv = regexp.MustCompile(`\{(?:env\.|\$)([A-Za-z_][A-Za-z0-9_]*)\}`)
 
 // apply returns text with the stand-ins in place, and whether it names a
 // remote key set.
