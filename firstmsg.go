@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -12,7 +11,6 @@ import (
 	"time"
 
 	jsonv2 "github.com/go-json-experiment/json"
-	"go.uber.org/zap"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
@@ -85,23 +83,25 @@ func (p *pendingCounter) release(key string) {
 var (
 	errTooManyPending = errors.New("too many pending first-message handshakes")
 	errGoingAway      = errors.New("config unloaded before the handshake was decided")
+	errNoUpstream     = errors.New("the upstream did not switch protocols")
+
+	refuseTooManyPending = &refusal{reason: reasonRateLimited, detail: errTooManyPending, retry: time.Second}
 )
 
-// serveFirstMessage runs the first_message flow on an upgrade that carried
-// no token in the other sources. The origin has been checked, and the
-// handshake counted by the rate limit per IP.
+// serveFirstMessage runs the first_message flow on a WebSocket that carried
+// no token in the other sources, over any HTTP version. The origin has been
+// checked, and the handshake counted by the rate limit per IP.
 //
 // The handshake is decided by the config that answered it, and only while
 // that config is loaded: a reload closes a pending handshake with 1001, as
-// reverse_proxy closes the connections of the old config, and the upstream
-// is dialed only if the config is still loaded when the upstream answers.
-func (h *Handler) serveFirstMessage(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	src := &tokenSource{kind: sourceFirstMessage}
+// reverse_proxy closes the connections of the old config, and the tunnel
+// opens only if the config is still loaded when the upstream answers.
+func (h *Handler) serveFirstMessage(hs *handshake, next caddyhttp.Handler) error {
+	r := hs.r
+	hs.src = &firstMessageSource
 	key := ipKey(clientIP(r))
 	if !pendingFirstMessages.acquire(key) {
-		h.logRejection(r, reasonRateLimited, src, &identity{}, errTooManyPending)
-		w.Header().Set("Retry-After", "1")
-		return h.reject(w, r, reasonRateLimited, "")
+		return h.refuse(hs, refuseTooManyPending)
 	}
 	pending := true
 	release := func() {
@@ -115,16 +115,16 @@ func (h *Handler) serveFirstMessage(w http.ResponseWriter, r *http.Request, next
 	// Only the subprotocol selected here can be used end to end: the client
 	// has it before the upstream is dialed. Extensions are not negotiated.
 	proto := selectProtocol(r, "")
-	conn, brw, err := acceptHandshake(w, r, "", nil)
+	cs, err := acceptStream(hs.w, r, proto, nil)
 	if errors.Is(err, errNotWebSocket) {
-		h.logRejection(r, reasonMissing, nil, &identity{}, err)
-		return h.rejectStatus(w, reasonMissing)
+		return h.refuse(hs, &refusal{reason: reasonMissing, detail: err})
 	}
 	if err != nil {
 		return nil // the client is gone
 	}
+	hs.stream = cs
 
-	// The connection is the module's until reverse_proxy takes it: whatever
+	// The stream is the module's until reverse_proxy takes it: whatever
 	// happens, even a panic, the client gets a Close frame.
 	handedOn := false
 	defer func() {
@@ -132,46 +132,32 @@ func (h *Handler) serveFirstMessage(w http.ResponseWriter, r *http.Request, next
 			return
 		}
 		if v := recover(); v != nil {
-			h.logger.Error("internal error deciding a first-message handshake; please report it",
-				zap.String("panic", truncate(fmt.Sprint(v), 200)), zap.String("remote_ip", clientIP(r)))
-			markRefused(r, reasonInternal, &identity{})
-			closeClient(conn, brw.Reader, h.codes[reasonInternal], reasonInternal.String(), true)
+			_ = h.recovered(hs, v)
 		}
 	}()
-	refuse := func(rsn reason, id *identity, detail error) error {
-		h.logRejection(r, rsn, src, id, detail)
-		closeClient(conn, brw.Reader, h.codes[rsn], rsn.String(), !errors.Is(detail, errClientClosed))
-		return nil
-	}
-	goingAway := func() error {
-		h.logRejection(r, reasonUnavailable, src, &identity{}, errGoingAway)
-		closeClient(conn, brw.Reader, closeGoingAway, "going away", true)
-		return nil
-	}
 
 	// A reload ends the wait at once.
-	unwatch := context.AfterFunc(h.ctx, func() { _ = conn.SetReadDeadline(time.Now()) })
+	unwatch := context.AfterFunc(h.ctx, func() { cs.setDeadline(time.Now()) })
 	defer unwatch()
 
-	_ = conn.SetDeadline(time.Now().Add(h.firstMsg.timeout))
-	token, err := h.readAuthMessage(brw.Reader)
+	cs.setDeadline(time.Now().Add(h.firstMsg.timeout))
+	token, err := h.readAuthMessage(cs.br)
 	if h.ctx.Err() != nil {
-		return goingAway()
+		return h.refuse(hs, refuseGoingAway)
 	}
 	if err != nil {
 		if errors.Is(err, errFirstMessage) {
-			return refuse(reasonInvalid, &identity{}, err)
+			return h.refuse(hs, &refusal{reason: reasonInvalid, detail: err})
 		}
-		return refuse(reasonMissing, &identity{}, err)
+		return h.refuse(hs, &refusal{reason: reasonMissing, detail: err})
 	}
-	_ = conn.SetDeadline(time.Time{})
+	cs.setDeadline(time.Time{})
 
-	id := new(identity)
-	if rsn, ok, detail := h.verify(token, id); !ok {
-		return refuse(rsn, id, detail)
+	if ref := h.checkToken(token, &hs.id); ref != nil {
+		return h.refuse(hs, ref)
 	}
-	id.source = sourceFirstMessage
-	h.accepted(r, src, id)
+	hs.id.source = sourceFirstMessage
+	h.accepted(hs)
 	release() // decided: the connection is no longer pending
 
 	if proto == "" {
@@ -181,37 +167,28 @@ func (h *Handler) serveFirstMessage(w http.ResponseWriter, r *http.Request, next
 	}
 	r.Header.Del("Sec-Websocket-Extensions")
 
-	tw := &tunnelWriter{conn: conn, brw: brw, header: make(http.Header), unwatch: unwatch}
+	// reverse_proxy takes the stream over: the hijacked connection over
+	// HTTP/1.1, the request body and response writer over HTTP/2 and 3.
+	hand := &handOff{stream: cs, header: make(http.Header), unwatch: unwatch}
+	var w http.ResponseWriter = hand
+	if cs.conn == nil {
+		r.Body = streamBody{cs.br, cs.body}
+		w = &streamHandOff{handOff: hand}
+	}
 	handedOn = true
-	err = next.ServeHTTP(tw, r)
-	if !tw.hijacked {
+	err = next.ServeHTTP(w, r)
+	if !hand.taken {
 		if h.ctx.Err() != nil {
-			return goingAway()
+			return h.refuse(hs, refuseGoingAway)
 		}
-		// The upstream did not switch protocols: tell the client it cannot
-		// be served, as a server-side failure.
-		if err != nil {
-			h.logger.Error("upstream of an authenticated websocket failed", zap.Error(err))
+		// The upstream did not switch protocols: the client cannot be
+		// served, a server-side failure.
+		if err == nil {
+			err = errNoUpstream
 		}
-		closeClient(conn, brw.Reader, 1011, "upstream unavailable", true)
+		return h.refuse(hs, &refusal{reason: reasonUnavailable, detail: err})
 	}
 	return nil
-}
-
-// closeGoingAway is the close code of an endpoint that goes away (RFC 6455,
-// section 7.4.1), as reverse_proxy sends it on a reload.
-const closeGoingAway = 1001
-
-// closeClient sends one Close frame with code and text on a connection
-// whose handshake the module answered, waits up to closeWait for the
-// client's Close unless it sent it already, and closes the connection.
-func closeClient(conn net.Conn, br *bufio.Reader, code uint16, text string, await bool) {
-	_ = conn.SetDeadline(time.Now().Add(closeWait))
-	var buf [128]byte
-	if _, err := conn.Write(appendCloseFrame(buf[:0], code, text)); err == nil && await {
-		awaitClose(br)
-	}
-	conn.Close()
 }
 
 // readAuthMessage reads the first data message and returns its token.
@@ -261,45 +238,94 @@ func (h *Handler) readAuthMessage(br *bufio.Reader) (string, error) {
 	}
 }
 
-// tunnelWriter is the ResponseWriter reverse_proxy gets in the
-// first_message flow: the client already has its 101, so the upstream's
-// response head is dropped, and Hijack hands over the client connection.
-type tunnelWriter struct {
-	conn     net.Conn
-	brw      *bufio.ReadWriter
-	header   http.Header
-	status   int
-	hijacked bool
-	unwatch  func() bool // stops the config watch; false once the config is unloaded
+// firstMessageSource is what the logs name as the source of a first-message
+// token.
+var firstMessageSource = tokenSource{kind: sourceFirstMessage}
+
+// handOff is the ResponseWriter reverse_proxy gets in the first_message
+// flow over HTTP/1.1: the client already has its 101, so the upstream's
+// response head is dropped, and Hijack hands over the client connection,
+// if the config is still loaded.
+type handOff struct {
+	stream  *clientStream
+	header  http.Header
+	status  int
+	taken   bool
+	unwatch func() bool // stops the config watch; false once the config is unloaded
 }
 
-func (tw *tunnelWriter) Header() http.Header { return tw.header }
+func (ho *handOff) Header() http.Header { return ho.header }
 
-func (tw *tunnelWriter) WriteHeader(status int) {
-	if tw.status == 0 {
-		tw.status = status
+func (ho *handOff) WriteHeader(status int) {
+	if ho.status == 0 {
+		ho.status = status
 	}
 }
 
-func (tw *tunnelWriter) Write(b []byte) (int, error) {
-	if tw.status == 0 {
-		tw.status = http.StatusOK
+func (ho *handOff) Write(b []byte) (int, error) {
+	if ho.status == 0 {
+		ho.status = http.StatusOK
 	}
 	return len(b), nil // an error page from the upstream: not for a WebSocket client
 }
 
-func (tw *tunnelWriter) Flush() {}
+func (ho *handOff) Flush() {}
 
-func (tw *tunnelWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	if tw.status != http.StatusSwitchingProtocols || tw.hijacked {
+// take reports whether the stream may go to reverse_proxy now that the
+// upstream switched protocols: only while the config is loaded, or
+// reverse_proxy's cleanup may have run already and would never close it.
+func (ho *handOff) take() bool {
+	if !ho.taken && ho.unwatch() {
+		ho.taken = true
+	}
+	return ho.taken
+}
+
+func (ho *handOff) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if ho.status != http.StatusSwitchingProtocols || ho.stream.conn == nil || ho.taken {
 		return nil, nil, http.ErrNotSupported
 	}
-	// The upstream answered; the config must still be loaded for the
-	// tunnel to open, or reverse_proxy's cleanup may have run already
-	// and would never close it.
-	if !tw.unwatch() {
+	if !ho.take() {
 		return nil, nil, errGoingAway
 	}
-	tw.hijacked = true
-	return tw.conn, tw.brw, nil
+	return ho.stream.conn, ho.stream.brw, nil
+}
+
+// streamHandOff is handOff over HTTP/2 and HTTP/3, where reverse_proxy
+// does not hijack: it answers 200 (the client has it already) and then
+// writes frames to the ResponseWriter, flushing each, while it reads the
+// client's frames from the request body.
+type streamHandOff struct {
+	*handOff
+}
+
+func (sh *streamHandOff) WriteHeader(status int) {
+	sh.handOff.WriteHeader(status)
+	if status == http.StatusOK {
+		sh.take()
+	}
+}
+
+func (sh *streamHandOff) Write(b []byte) (int, error) {
+	if !sh.taken {
+		return sh.handOff.Write(b)
+	}
+	return sh.stream.w.Write(b)
+}
+
+// FlushError is what http.ResponseController calls to flush.
+func (sh *streamHandOff) FlushError() error {
+	if !sh.taken {
+		return errGoingAway
+	}
+	return sh.stream.rc.Flush()
+}
+
+func (sh *streamHandOff) Flush() { _ = sh.FlushError() }
+
+// streamBody is the request body reverse_proxy reads the client's frames
+// from: what the module's reader holds already, then the rest.
+type streamBody struct {
+	io.Reader
+	io.Closer
 }

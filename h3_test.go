@@ -53,7 +53,16 @@ https://127.0.0.1:%d {
 		}
 		reverse_proxy %s
 	}
-}`, t.TempDir(), port, port, testSecret, up.addr(), testSecret, up.addr())
+	route /first/* {
+		ws_auth {
+			secret %s
+			token_source first_message
+		}
+		reverse_proxy %s {
+			header_up X-User {http.auth.user.id}
+		}
+	}
+}`, t.TempDir(), port, port, testSecret, up.addr(), testSecret, up.addr(), testSecret, up.addr())
 	if err := loadCaddyfile(cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -143,15 +152,72 @@ https://127.0.0.1:%d {
 		t.Errorf("upstream requests %v, want one with X-User alice", r)
 	}
 
-	// Close the WebSocket and wait for the stream to end, so that the tunnel
-	// is gone before Caddy stops (its reverse_proxy cleanup of a live HTTP/3
-	// tunnel races with the tunnel's own writes).
+	closeAndDrain(t, pw, resp.Body)
+
+	// first_message over HTTP/3: the module answers the CONNECT, reads the
+	// auth message from the stream, and hands the stream to reverse_proxy.
+	resp, pw = connect("/first/ws")
+	defer pw.Close()
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("first_message over HTTP/3: status %d", resp.StatusCode)
+	}
+	// The auth message and the first app message at once.
+	auth := maskedText(`{"type":"auth","token":"` + hs256(t, claims("bob")) + `"}`)
+	if _, err := pw.Write(append(auth, maskedText("hello")...)); err != nil {
+		t.Fatal(err)
+	}
+	if op, p := readFrame(resp.Body); op != opText || string(p) != "hello" {
+		t.Errorf("first_message echo over HTTP/3: op %d %q", op, p)
+	}
+	if r := up.requests(); len(r) != 2 || r[1].Header.Get("X-User") != "bob" {
+		t.Errorf("upstream requests %v, want a second one with X-User bob", r)
+	}
+	closeAndDrain(t, pw, resp.Body)
+
+	resp, pw = connect("/first/ws")
+	defer pw.Close()
+	defer resp.Body.Close()
+	if _, err := pw.Write(maskedText(`{"type":"auth","token":"` + hs256(t, claims("bob")) + `x"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if op, p := readFrame(resp.Body); op != opClose || len(p) < 2 || binary.BigEndian.Uint16(p) != 1008 {
+		t.Errorf("first_message over HTTP/3 with a forged token: op %d % x, want close 1008", op, p)
+	}
+	if n := len(up.requests()); n != 2 {
+		t.Errorf("a forged first-message token reached the upstream (%d requests)", n)
+	}
+}
+
+// maskedText is a client text frame (masked, as RFC 6455 requires) holding
+// s, at most 64 KiB.
+func maskedText(s string) []byte {
+	mask := [4]byte{1, 2, 3, 4}
+	b := []byte{0x81}
+	if len(s) < 126 {
+		b = append(b, 0x80|byte(len(s)))
+	} else {
+		b = append(b, 0x80|126, byte(len(s)>>8), byte(len(s)))
+	}
+	b = append(b, mask[:]...)
+	for i := 0; i < len(s); i++ {
+		b = append(b, s[i]^mask[i&3])
+	}
+	return b
+}
+
+// closeAndDrain closes a WebSocket over an HTTP/3 stream and waits for the
+// stream to end, so that the tunnel is gone before Caddy stops (its
+// reverse_proxy cleanup of a live HTTP/3 tunnel races with the tunnel's
+// own writes).
+func closeAndDrain(t *testing.T, pw *io.PipeWriter, body io.Reader) {
+	t.Helper()
 	if _, err := pw.Write([]byte{0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xe8 ^ 2}); err != nil {
 		t.Fatal(err)
 	}
 	drained := make(chan error, 1)
 	go func() {
-		_, err := io.Copy(io.Discard, resp.Body)
+		_, err := io.Copy(io.Discard, body)
 		drained <- err
 	}()
 	select {

@@ -24,10 +24,12 @@ func init() {
 // extended CONNECT over HTTP/2 or HTTP/3) and with the default `reject close`,
 // a completed handshake followed by one Close frame whose code a browser
 // reads as CloseEvent.code: 1008 (missing, invalid, origin, blocked), 4001
-// (expired), 4003 (forbidden: missing scope), 1013 (rate_limited) or 1011
-// (keys unavailable). With `reject status`, and for any request that is not
-// a WebSocket, it gets the HTTP status instead (401 with an RFC 6750
-// WWW-Authenticate header, 403, 429 with Retry-After, or 503).
+// (expired), 4003 (forbidden: missing scope), 1013 (rate_limited), 1011
+// (keys or, with first_message, the upstream unavailable; internal_error)
+// or 1001 (going_away: a first-message handshake pending across a reload).
+// With `reject status`, and for any request that is not a WebSocket, it
+// gets the HTTP status instead (401 with an RFC 6750 WWW-Authenticate
+// header, 403, 429 with Retry-After, 500 or 503).
 //
 // An accepted request carries these placeholders to the handlers after it:
 //

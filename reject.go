@@ -1,20 +1,14 @@
 package wsauth
 
 import (
-	"bufio"
-	"crypto/sha1"
-	"encoding/base64"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"strings"
 	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
-	"golang.org/x/net/http/httpguts"
 )
 
 // reason is why a request is refused; each has a close code (overridable
@@ -31,6 +25,7 @@ const (
 	reasonRateLimited
 	reasonUnavailable
 	reasonInternal
+	reasonGoingAway
 	numReasons
 )
 
@@ -48,6 +43,7 @@ var reasons = [numReasons]struct {
 	reasonRateLimited: {"rate_limited", 1013, http.StatusTooManyRequests},
 	reasonUnavailable: {"unavailable", 1011, http.StatusServiceUnavailable},
 	reasonInternal:    {"internal_error", 1011, http.StatusInternalServerError},
+	reasonGoingAway:   {"going_away", closeGoingAway, http.StatusServiceUnavailable},
 }
 
 func (r reason) String() string { return reasons[r].name }
@@ -88,23 +84,50 @@ func (h *Handler) compileCloseCodes() error {
 	return nil
 }
 
-// closeWait bounds how long a refused client has to answer our Close frame
-// before the TCP connection is closed.
-const closeWait = time.Second
+// A refusal is the one value every check returns when a request may not go
+// on: the reason (its close code and status), the detail behind it for the
+// log (never the token), and with rate_limited how long until a retry may
+// pass. A nil *refusal means the check passed.
+type refusal struct {
+	reason reason
+	detail error
+	retry  time.Duration
+}
 
-// maxDrain bounds what is read from a refused client while waiting for its
-// Close frame.
-const maxDrain = 64 << 10
+// Refusals whose detail never changes, shared rather than allocated.
+var (
+	refuseMissing        = &refusal{reason: reasonMissing}
+	refuseNoOrigin       = &refusal{reason: reasonOrigin, detail: errNoOrigin}
+	refuseOriginNotAllow = &refusal{reason: reasonOrigin, detail: errOriginNotAllowed}
+	refuseBlockedIP      = &refusal{reason: reasonBlocked, detail: errBlockedIP}
+	refuseBlockedToken   = &refusal{reason: reasonBlocked, detail: errBlockedToken}
+	refuseRepeatedToken  = &refusal{reason: reasonInvalid, detail: errRepeatedToken}
+	refuseGoingAway      = &refusal{reason: reasonGoingAway, detail: errGoingAway}
+)
 
-// websocketGUID is from RFC 6455, section 1.3.
-const websocketGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+// refuse is the one way a request is refused, whatever refused it: the
+// decision is logged (logRefusal) and marked in Caddy's access log, and the
+// client is answered: on the stream the module already answered the
+// handshake of (first_message), else by reject. Metrics and auto-bans hook
+// in here, once.
+func (h *Handler) refuse(hs *handshake, ref *refusal) error {
+	h.logRefusal(hs, ref)
+	if hs.stream != nil {
+		hs.stream.close(h.codes[ref.reason], ref.reason.String(), !errors.Is(ref.detail, errClientClosed))
+		return nil
+	}
+	if ref.reason == reasonRateLimited {
+		hs.w.Header().Set("Retry-After", retryAfter(ref.retry))
+	}
+	return h.reject(hs.w, hs.r, ref.reason, hs.token)
+}
 
 // reject refuses the request for reason r: on a WebSocket upgrade in close
 // mode by a Close frame, otherwise by an HTTP status. token, when not
 // empty, is never selected as a subprotocol.
 func (h *Handler) reject(w http.ResponseWriter, req *http.Request, r reason, token string) error {
 	if h.closeMode && isUpgrade(req) {
-		err := h.closeHandshake(w, req, h.codes[r], r.String(), token)
+		err := closeHandshake(w, req, h.codes[r], r.String(), token)
 		if err == nil {
 			return nil
 		}
@@ -136,8 +159,6 @@ func (h *Handler) rejectStatus(w http.ResponseWriter, r reason) error {
 	w.WriteHeader(reasons[r].status)
 	return nil
 }
-
-var errNotWebSocket = errors.New("not a valid websocket handshake")
 
 // checkHandshake returns the status that refuses a WebSocket handshake no
 // server may accept (RFC 6455, section 4.2.1), or 0: 400 for an upgrade
@@ -201,124 +222,4 @@ func headerHasToken(lines []string, token string) bool {
 		}
 	}
 	return false
-}
-
-// closeHandshake completes the WebSocket handshake itself and sends one
-// Close frame, so that a browser reports code in CloseEvent.code; then it
-// waits briefly for the client's Close and closes the connection. The
-// upstream is never involved.
-func (h *Handler) closeHandshake(w http.ResponseWriter, req *http.Request, code uint16, why, token string) error {
-	if isExtendedConnect(req) {
-		return closeStream(w, req, code, why, token)
-	}
-	conn, brw, err := acceptHandshake(w, req, token, func(b []byte) []byte {
-		return appendCloseFrame(b, code, why)
-	})
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	awaitClose(brw.Reader)
-	return nil
-}
-
-// closeStream is closeHandshake for a WebSocket over HTTP/2 or HTTP/3: the
-// handshake is a 200 on the request's stream, which then carries the frames.
-func closeStream(w http.ResponseWriter, req *http.Request, code uint16, why, token string) error {
-	if proto := selectProtocol(req, token); proto != "" {
-		w.Header()["Sec-WebSocket-Protocol"] = []string{proto}
-	}
-	w.WriteHeader(http.StatusOK)
-	var buf [128]byte
-	if _, err := w.Write(appendCloseFrame(buf[:0], code, why)); err != nil {
-		return err
-	}
-	rc := http.NewResponseController(w)
-	if err := rc.Flush(); err != nil {
-		return err
-	}
-	_ = rc.SetReadDeadline(time.Now().Add(closeWait))
-	awaitClose(req.Body)
-	return nil
-}
-
-// acceptHandshake checks that req is a WebSocket handshake the module can
-// answer, hijacks the connection and writes the 101 response, followed by
-// what then appends (a Close frame, say) in the same write. The deadline
-// for the connection is closeWait from now; the caller owns the connection.
-func acceptHandshake(w http.ResponseWriter, req *http.Request, token string, then func([]byte) []byte) (net.Conn, *bufio.ReadWriter, error) {
-	if req.Method != http.MethodGet || req.ProtoMajor != 1 || req.Header.Get("Sec-Websocket-Version") != "13" {
-		return nil, nil, errNotWebSocket
-	}
-	key := req.Header.Get("Sec-Websocket-Key")
-	if raw, err := base64.StdEncoding.DecodeString(key); err != nil || len(raw) != 16 {
-		return nil, nil, errNotWebSocket
-	}
-	proto := selectProtocol(req, token)
-
-	conn, brw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
-		return nil, nil, errNotWebSocket
-	}
-
-	var buf [512]byte
-	b := append(buf[:0], "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
-	b = appendAccept(b, key)
-	if proto != "" {
-		b = append(b, "\r\nSec-WebSocket-Protocol: "...)
-		b = append(b, proto...)
-	}
-	b = append(b, "\r\n\r\n"...)
-	if then != nil {
-		b = then(b)
-	}
-	_ = conn.SetDeadline(time.Now().Add(closeWait))
-	if _, err := conn.Write(b); err != nil {
-		conn.Close()
-		return nil, nil, err
-	}
-	return conn, brw, nil
-}
-
-// selectProtocol picks the subprotocol the module's own 101 selects:
-// browsers fail a connection whose 101 selects none although they offered
-// some, before reading any frame. It is the first offered that is not the
-// token, does not look like a JWT (a token for a source not configured),
-// and is a protocol name: short, and an RFC 7230 token (RFC 6455, section
-// 4.1), so that nothing else is echoed in a response header.
-func selectProtocol(req *http.Request, token string) string {
-	var proto string
-	eachProtocol(req.Header[headerProtocol], func(p string) bool {
-		if p != token && len(p) < 128 && httpguts.ValidHeaderFieldName(p) &&
-			!(strings.HasPrefix(p, "eyJ") && strings.Count(p, ".") == 2) {
-			proto = p
-			return false
-		}
-		return true
-	})
-	return proto
-}
-
-func appendAccept(dst []byte, key string) []byte {
-	s := sha1.New()
-	s.Write([]byte(key))
-	s.Write([]byte(websocketGUID))
-	var sum [sha1.Size]byte
-	return base64.StdEncoding.AppendEncode(dst, s.Sum(sum[:0]))
-}
-
-// awaitClose reads frames from a refused client until its Close frame, the
-// deadline, or maxDrain bytes, whichever comes first.
-func awaitClose(br io.Reader) {
-	r := io.LimitReader(br, maxDrain)
-	var hb [maxFrameHeader]byte
-	for {
-		fh, err := readFrameHeader(r, &hb)
-		if err != nil || fh.opcode == opClose {
-			return // closed, timed out, malformed or done: the end either way
-		}
-		if _, err := io.CopyN(io.Discard, r, fh.length); err != nil {
-			return
-		}
-	}
 }

@@ -391,8 +391,8 @@ func TestFirstMessageAcrossReload(t *testing.T) {
 	}
 	// The old secret, sent after the reload: too late for the old config.
 	_ = pending.WriteMessage(websocket.TextMessage, []byte(`{"type":"auth","token":"`+hs256(t, claims("mallory"))+`"}`))
-	if got := readClose(pending); got != "close 1001 going away" {
-		t.Errorf("pending handshake across a reload: %s, want close 1001 going away", got)
+	if got := readClose(pending); got != "close 1001 going_away" {
+		t.Errorf("pending handshake across a reload: %s, want close 1001 going_away", got)
 	}
 	if got := readClose(open); !strings.HasPrefix(got, "close 1001") {
 		t.Errorf("connection opened before the reload: %s, want close 1001", got)

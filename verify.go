@@ -26,9 +26,8 @@ type identity struct {
 	source  sourceKind
 	payload string
 
-	verified bool          // the signature checked out
-	granted  scopeList     // the scopes the token grants, from the configured claim
-	retry    time.Duration // with rate_limited: until the next handshake may pass
+	verified bool      // the signature checked out
+	granted  scopeList // the scopes the token grants, from the configured claim
 
 	all    map[string]any // every claim, decoded on first use
 	allErr error
@@ -222,8 +221,9 @@ func (s scopeList) grants(want string) bool {
 	})
 }
 
-// verify parses and checks token, filling id. It returns the reason the
-// token is refused, with the error behind it for the log, or ok.
+// verify parses and checks token, filling id: signature, times, issuer,
+// audience and user. It returns the reason the token is refused, with the
+// error behind it for the log, or ok. It charges and consults nothing.
 //
 // The compact JWS is parsed here rather than by jwt.Parser, which decodes
 // the header into a map and the claims before checking the signature: the
@@ -322,25 +322,47 @@ func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
 		return reasonInvalid, false, errNoUser
 	}
 	id.user = c.Subject.s
-
-	if h.blocklist != nil && h.blocklist.list().blockedToken(c.ID.s, id.user, now()) {
-		return reasonBlocked, false, errBlockedToken
-	}
 	id.granted = id.scopes(h.scopeClaim)
-	if len(h.Scopes) > 0 {
-		for _, want := range h.Scopes {
-			if !id.granted.grants(want) {
-				return reasonForbidden, false, errors.New("scope not granted: " + want)
-			}
-		}
-	}
-	if h.limiter != nil && h.limiter.perUser {
-		if ok, wait := h.limiter.allow(userKey(c.Issuer.s, id.user), now()); !ok {
-			id.retry = wait
-			return reasonRateLimited, false, errRateUser
-		}
-	}
 	return 0, true, nil
+}
+
+// checkToken runs the checks of a token, in order: verify (signature and
+// claims), authorize (blocklist, scopes), admit (limits). A token checked
+// again on a live connection (refresh_message, revalidate) goes through
+// verify and authorize alone: it is no new handshake.
+func (h *Handler) checkToken(token string, id *identity) *refusal {
+	if rsn, ok, err := h.verify(token, id); !ok {
+		return &refusal{reason: rsn, detail: err}
+	}
+	if ref := h.authorize(id); ref != nil {
+		return ref
+	}
+	return h.admit(id)
+}
+
+// authorize checks that a verified identity may connect: neither its token
+// (jti) nor its user is blocked, and it grants every required scope.
+func (h *Handler) authorize(id *identity) *refusal {
+	if h.blocklist != nil && h.blocklist.list().blockedToken(id.claims.ID.s, id.user, now()) {
+		return refuseBlockedToken
+	}
+	for _, want := range h.Scopes {
+		if !id.granted.grants(want) {
+			return &refusal{reason: reasonForbidden, detail: errors.New("scope not granted: " + want)}
+		}
+	}
+	return nil
+}
+
+// admit charges what an authorized handshake costs: the handshake rate of
+// its user.
+func (h *Handler) admit(id *identity) *refusal {
+	if h.limiter != nil && h.limiter.perUser {
+		if ok, wait := h.limiter.allow(userKey(id.claims.Issuer.s, id.user), now()); !ok {
+			return &refusal{reason: reasonRateLimited, detail: errRateUser, retry: wait}
+		}
+	}
+	return nil
 }
 
 // b64 is base64url without padding, refusing non-zero trailing bits so that

@@ -41,37 +41,32 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return
 		}
 		if v := recover(); v != nil {
-			err = h.recovered(w, r, v)
+			err = h.recovered(&handshake{w: w, r: r}, v)
 		}
 	}()
 
-	id := new(identity)
-	if rsn, err := h.checkClient(w, r); err != nil {
-		h.logRejection(r, rsn, nil, id, err)
-		return h.reject(w, r, rsn, "")
+	hs := &handshake{w: w, r: r}
+	if ref := h.checkClient(r); ref != nil {
+		return h.refuse(hs, ref)
 	}
 	token, src, err := extract(r, h.sources)
+	hs.src = src
 	if err != nil {
-		h.logRejection(r, reasonInvalid, src, id, err)
-		return h.reject(w, r, reasonInvalid, "")
+		return h.refuse(hs, refuseRepeatedToken)
 	}
 	if src == nil {
 		if h.firstMsg != nil && upgrade {
 			handedOn = true // serveFirstMessage recovers its own panics
-			return h.serveFirstMessage(w, r, next)
+			return h.serveFirstMessage(hs, next)
 		}
-		h.logRejection(r, reasonMissing, nil, id, nil)
-		return h.reject(w, r, reasonMissing, "")
+		return h.refuse(hs, refuseMissing)
 	}
-	if rsn, ok, detail := h.verify(token, id); !ok {
-		h.logRejection(r, rsn, src, id, detail)
-		if rsn == reasonRateLimited {
-			w.Header().Set("Retry-After", retryAfter(id.retry))
-		}
-		return h.reject(w, r, rsn, token)
+	hs.token = token
+	if ref := h.checkToken(token, &hs.id); ref != nil {
+		return h.refuse(hs, ref)
 	}
-	id.source = src.kind
-	h.accepted(r, src, id)
+	hs.id.source = src.kind
+	h.accepted(hs)
 
 	// Caddy logs a request whose handler chain fails with the request as it
 	// arrived, stripped or not, and only redacts the credential headers: a
@@ -123,20 +118,22 @@ func (s *tokenSource) redactedByCaddy() bool {
 		s.kind == sourceHeader && (s.name == "Authorization" || s.name == "Proxy-Authorization" || s.name == "Cookie")
 }
 
-// recovered answers a request whose decision panicked: with a Close 1011
-// on a WebSocket in close mode, else a 500. The first panic is logged with
-// its stack, later ones without, so that a client repeating the request
-// cannot flood the log.
-func (h *Handler) recovered(w http.ResponseWriter, r *http.Request, v any) error {
+// recovered answers a request whose decision panicked, as internal_error:
+// with a Close 1011 on a WebSocket in close mode, else a 500. The first
+// panic is logged with its stack, later ones without, so that a client
+// repeating the request cannot flood the log.
+func (h *Handler) recovered(hs *handshake, v any) error {
 	fields := []zap.Field{zap.String("panic", truncate(fmt.Sprint(v), 200)),
-		zap.String("remote_ip", clientIP(r)), zap.String("path", truncate(r.URL.Path, 200))}
+		zap.String("remote_ip", clientIP(hs.r)), zap.String("path", truncate(hs.r.URL.Path, 200))}
 	if panics.Add(1) == 1 {
 		fields = append(fields, zap.String("stack", string(debug.Stack())))
 	}
 	h.logger.Error("internal error deciding a request; please report it", fields...)
-	markRefused(r, reasonInternal, &identity{})
-	return h.reject(w, r, reasonInternal, "")
+	hs.id = identity{} // what it holds may be half made
+	return h.refuse(hs, &refusal{reason: reasonInternal, detail: errPanic})
 }
+
+var errPanic = errString("panic")
 
 // panics counts the decisions that panicked, in the process.
 var panics atomic.Int64
@@ -164,43 +161,53 @@ func (h *Handler) answerError(w http.ResponseWriter, r *http.Request, err error)
 
 // checkClient runs the checks that need no token, cheapest first: the
 // origin, the client IP on the blocklist, and the handshake rate per IP.
-func (h *Handler) checkClient(w http.ResponseWriter, r *http.Request) (reason, error) {
+func (h *Handler) checkClient(r *http.Request) *refusal {
 	if !h.origins.empty() {
 		origin := r.Header["Origin"]
 		if len(origin) == 0 {
 			if !h.AllowMissingOrigin {
-				return reasonOrigin, errNoOrigin
+				return refuseNoOrigin
 			}
 		} else if !h.origins.allowed(origin[0]) {
-			return reasonOrigin, errOriginNotAllowed
+			return refuseOriginNotAllow
 		}
 	}
 	if h.blocklist == nil && (h.limiter == nil || h.limiter.perUser) {
-		return 0, nil
+		return nil
 	}
 	ip := clientIP(r)
 	if h.blocklist != nil && h.blocklist.list().blockedIP(ip, now()) {
-		return reasonBlocked, errBlockedIP
+		return refuseBlockedIP
 	}
 	if h.limiter != nil && !h.limiter.perUser {
 		if ok, wait := h.limiter.allow(ipKey(ip), now()); !ok {
-			w.Header().Set("Retry-After", retryAfter(wait))
-			return reasonRateLimited, errRateIP
+			return &refusal{reason: reasonRateLimited, detail: errRateIP, retry: wait}
 		}
 	}
-	return 0, nil
+	return nil
 }
 
 // accepted logs the decision and makes the identity's placeholders
 // available to the handlers that follow. Acceptances are logged at DEBUG:
 // at INFO the log write would be the largest cost of a handshake, and
 // Caddy's access log already records accepted requests with their user_id.
-func (h *Handler) accepted(r *http.Request, src *tokenSource, id *identity) {
+func (h *Handler) accepted(hs *handshake) {
 	if c := h.logger.Check(zapcore.DebugLevel, "websocket authenticated"); c != nil {
-		c.Write(h.logFields(r, src, id)...)
+		c.Write(h.logFields(hs)...)
 	}
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	repl.Map(id.placeholder)
+	repl := hs.r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	repl.Map(hs.id.placeholder)
+}
+
+// A handshake is one request being decided: what the checks learn of it,
+// and how it is answered.
+type handshake struct {
+	w      http.ResponseWriter
+	r      *http.Request
+	src    *tokenSource // the source that yielded the token
+	token  string
+	id     identity
+	stream *clientStream // once the module answered the handshake itself
 }
 
 // placeholder resolves the {ws_auth.*} placeholders and {http.auth.user.id}
@@ -233,15 +240,17 @@ func (id *identity) placeholder(key string) (any, bool) {
 	return nil, false
 }
 
-func (h *Handler) logRejection(r *http.Request, rsn reason, src *tokenSource, id *identity, detail error) {
-	markRefused(r, rsn, id)
+// logRefusal logs a refusal with its reason and detail, and marks it in
+// Caddy's access log.
+func (h *Handler) logRefusal(hs *handshake, ref *refusal) {
+	markRefused(hs.r, ref.reason, &hs.id)
 	c := h.logger.Check(zapcore.InfoLevel, "websocket refused")
 	if c == nil {
 		return
 	}
-	fields := append(h.logFields(r, src, id), zap.String("reason", rsn.String()))
-	if detail != nil {
-		fields = append(fields, zap.String("detail", truncate(detail.Error(), 200)))
+	fields := append(h.logFields(hs), zap.String("reason", ref.reason.String()))
+	if ref.detail != nil {
+		fields = append(fields, zap.String("detail", truncate(ref.detail.Error(), 200)))
 	}
 	c.Write(fields...)
 }
@@ -262,7 +271,8 @@ func markRefused(r *http.Request, rsn reason, id *identity) {
 }
 
 // logFields are the audit fields of a decision: never the token or a key.
-func (h *Handler) logFields(r *http.Request, src *tokenSource, id *identity) []zap.Field {
+func (h *Handler) logFields(hs *handshake) []zap.Field {
+	r, src, id := hs.r, hs.src, &hs.id
 	ip := clientIP(r)
 	fields := make([]zap.Field, 0, 9)
 	fields = append(fields,
