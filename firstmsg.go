@@ -3,6 +3,8 @@ package wsauth
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"io"
 	"net"
@@ -99,6 +101,18 @@ var (
 func (h *Handler) serveFirstMessage(hs *handshake, next caddyhttp.Handler) error {
 	r := hs.r
 	hs.src = &firstMessageSource
+	// Until reverse_proxy takes the stream, whatever happens, even a panic,
+	// the client gets an answer: a Close frame once the module answered the
+	// handshake (hs.stream), else a status.
+	handedOn := false
+	defer func() {
+		if handedOn {
+			return
+		}
+		if v := recover(); v != nil {
+			_ = h.recovered(hs, v)
+		}
+	}()
 	key := ipKey(clientIP(r))
 	if !pendingFirstMessages.acquire(key) {
 		return h.refuse(hs, refuseTooManyPending)
@@ -124,20 +138,8 @@ func (h *Handler) serveFirstMessage(hs *handshake, next caddyhttp.Handler) error
 	}
 	hs.stream = cs
 
-	// The stream is the module's until reverse_proxy takes it: whatever
-	// happens, even a panic, the client gets a Close frame.
-	handedOn := false
-	defer func() {
-		if handedOn {
-			return
-		}
-		if v := recover(); v != nil {
-			_ = h.recovered(hs, v)
-		}
-	}()
-
 	// A reload ends the wait at once.
-	unwatch := context.AfterFunc(h.ctx, func() { cs.setDeadline(time.Now()) })
+	unwatch := context.AfterFunc(h.ctx, cs.interrupt)
 	defer unwatch()
 
 	cs.setDeadline(time.Now().Add(h.firstMsg.timeout))
@@ -167,14 +169,20 @@ func (h *Handler) serveFirstMessage(hs *handshake, next caddyhttp.Handler) error
 	}
 	r.Header.Del("Sec-Websocket-Extensions")
 
-	// reverse_proxy takes the stream over: the hijacked connection over
-	// HTTP/1.1, the request body and response writer over HTTP/2 and 3.
-	hand := &handOff{stream: cs, header: make(http.Header), unwatch: unwatch}
-	var w http.ResponseWriter = hand
+	// reverse_proxy takes the stream over as it takes any upgraded
+	// connection: by hijacking it after the upstream's 101. Over HTTP/2 and
+	// HTTP/3 the stream is handed to it as a connection too, with the
+	// request put in the HTTP/1.1 form reverse_proxy upgrades, so that only
+	// a real switch of protocols opens the tunnel (a plain 200 from the
+	// upstream is no WebSocket).
 	if cs.conn == nil {
-		r.Body = streamBody{cs.br, cs.body}
-		w = &streamHandOff{handOff: hand}
+		r = asUpgrade(r)
 	}
+	if h.ctx.Err() != nil {
+		return h.refuse(hs, refuseGoingAway)
+	}
+	var w http.ResponseWriter = &handOff{stream: cs, header: make(http.Header), unwatch: unwatch}
+	hand := w.(*handOff)
 	handedOn = true
 	err = next.ServeHTTP(w, r)
 	if !hand.taken {
@@ -282,50 +290,67 @@ func (ho *handOff) take() bool {
 }
 
 func (ho *handOff) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	if ho.status != http.StatusSwitchingProtocols || ho.stream.conn == nil || ho.taken {
+	if ho.status != http.StatusSwitchingProtocols || ho.taken {
 		return nil, nil, http.ErrNotSupported
 	}
 	if !ho.take() {
 		return nil, nil, errGoingAway
 	}
-	return ho.stream.conn, ho.stream.brw, nil
-}
-
-// streamHandOff is handOff over HTTP/2 and HTTP/3, where reverse_proxy
-// does not hijack: it answers 200 (the client has it already) and then
-// writes frames to the ResponseWriter, flushing each, while it reads the
-// client's frames from the request body.
-type streamHandOff struct {
-	*handOff
-}
-
-func (sh *streamHandOff) WriteHeader(status int) {
-	sh.handOff.WriteHeader(status)
-	if status == http.StatusOK {
-		sh.take()
+	if ho.stream.conn != nil {
+		return ho.stream.conn, ho.stream.brw, nil
 	}
+	// As net/http hands out a hijacked connection: what the reader holds
+	// already is in the bufio.Reader, the rest is read from the conn.
+	sc := &streamConn{stream: ho.stream}
+	return sc, bufio.NewReadWriter(ho.stream.br, bufio.NewWriterSize(sc, 64)), nil
 }
 
-func (sh *streamHandOff) Write(b []byte) (int, error) {
-	if !sh.taken {
-		return sh.handOff.Write(b)
+// asUpgrade returns r, an extended CONNECT (HTTP/2 or HTTP/3), in the form
+// of the HTTP/1.1 upgrade that reverse_proxy sends upstream anyway.
+func asUpgrade(r *http.Request) *http.Request {
+	u := r.WithContext(r.Context())
+	u.Method = http.MethodGet
+	u.Proto, u.ProtoMajor, u.ProtoMinor = "HTTP/1.1", 1, 1
+	u.Body = http.NoBody
+	u.Header.Del(":protocol")
+	u.Header.Set("Upgrade", "websocket")
+	u.Header.Set("Connection", "Upgrade")
+	u.Header.Set("Sec-Websocket-Version", "13")
+	if u.Header.Get("Sec-Websocket-Key") == "" {
+		var key [16]byte
+		_, _ = rand.Read(key[:])
+		u.Header.Set("Sec-Websocket-Key", base64.StdEncoding.EncodeToString(key[:]))
 	}
-	return sh.stream.w.Write(b)
+	return u
 }
 
-// FlushError is what http.ResponseController calls to flush.
-func (sh *streamHandOff) FlushError() error {
-	if !sh.taken {
-		return errGoingAway
+// streamConn is an HTTP/2 or HTTP/3 WebSocket stream as the net.Conn that
+// reverse_proxy hijacks: reads come from the request body, writes go to
+// the response and are flushed at once, and closing it ends the client's
+// half of the stream.
+type streamConn struct {
+	stream *clientStream
+}
+
+func (sc *streamConn) Read(p []byte) (int, error) { return sc.stream.body.Read(p) }
+
+func (sc *streamConn) Write(p []byte) (int, error) {
+	if err := sc.stream.write(p); err != nil {
+		return 0, err
 	}
-	return sh.stream.rc.Flush()
+	return len(p), nil
 }
 
-func (sh *streamHandOff) Flush() { _ = sh.FlushError() }
+func (sc *streamConn) Close() error                       { return sc.stream.body.Close() }
+func (sc *streamConn) LocalAddr() net.Addr                { return streamAddr{} }
+func (sc *streamConn) RemoteAddr() net.Addr               { return streamAddr{} }
+func (sc *streamConn) SetDeadline(t time.Time) error      { sc.stream.setDeadline(t); return nil }
+func (sc *streamConn) SetReadDeadline(t time.Time) error  { return sc.stream.rc.SetReadDeadline(t) }
+func (sc *streamConn) SetWriteDeadline(t time.Time) error { return sc.stream.rc.SetWriteDeadline(t) }
 
-// streamBody is the request body reverse_proxy reads the client's frames
-// from: what the module's reader holds already, then the rest.
-type streamBody struct {
-	io.Reader
-	io.Closer
-}
+// streamAddr stands for the address of a stream, which has none of its own.
+type streamAddr struct{}
+
+func (streamAddr) Network() string { return "stream" }
+func (streamAddr) String() string  { return "stream" }
+

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -37,6 +38,11 @@ func TestHTTP2FirstMessage(t *testing.T) {
 		return
 	}
 	up := newUpstream(t)
+	// An upstream that answers every request with a plain 200: no WebSocket.
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "plain ok")
+	}))
+	defer plain.Close()
 	caddyMu.Lock()
 	defer caddyMu.Unlock()
 	port := freePort(t)
@@ -59,10 +65,13 @@ https://127.0.0.1:%d {
 		secret %s
 		token_source first_message
 	}
+	handle /plain/* {
+		reverse_proxy %s
+	}
 	reverse_proxy %s {
 		header_up X-User {http.auth.user.id}
 	}
-}`, t.TempDir(), port, port, testSecret, up.addr())
+}`, t.TempDir(), port, port, testSecret, strings.TrimPrefix(plain.URL, "http://"), up.addr())
 	if err := loadCaddyfile(cfg); err != nil {
 		t.Fatal(err)
 	}
@@ -83,10 +92,10 @@ https://127.0.0.1:%d {
 			t.Fatalf("HTTP/2 listener: %v", err)
 		}
 	}
-	connect := func() (*http.Response, *io.PipeWriter) {
+	connect := func(path string) (*http.Response, *io.PipeWriter) {
 		t.Helper()
 		pr, pw := io.Pipe()
-		u, _ := url.Parse(fmt.Sprintf("https://127.0.0.1:%d/ws", port))
+		u, _ := url.Parse(fmt.Sprintf("https://127.0.0.1:%d%s", port, path))
 		req := &http.Request{Method: http.MethodConnect, URL: u, Host: u.Host, Body: pr,
 			Header: http.Header{":protocol": {"websocket"}, "Sec-Websocket-Version": {"13"}}}
 		resp, err := tr.RoundTrip(req)
@@ -108,7 +117,7 @@ https://127.0.0.1:%d {
 		return h[0] & 0x0f, p
 	}
 
-	resp, pw := connect()
+	resp, pw := connect("/ws")
 	defer pw.Close()
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -126,7 +135,7 @@ https://127.0.0.1:%d {
 	}
 	closeAndDrain(t, pw, resp.Body)
 
-	resp, pw = connect()
+	resp, pw = connect("/ws")
 	defer pw.Close()
 	defer resp.Body.Close()
 	if _, err := pw.Write(maskedText(`{"type":"auth","token":"` + hs256(t, claims("carol")) + `x"}`)); err != nil {
@@ -137,5 +146,17 @@ https://127.0.0.1:%d {
 	}
 	if n := len(up.requests()); n != 1 {
 		t.Errorf("a forged first-message token reached the upstream (%d requests)", n)
+	}
+
+	// An upstream that does not switch protocols: its 200 is no tunnel, the
+	// client gets 1011 and none of the upstream's bytes.
+	resp, pw = connect("/plain/ws")
+	defer pw.Close()
+	defer resp.Body.Close()
+	if _, err := pw.Write(maskedText(`{"type":"auth","token":"` + hs256(t, claims("carol")) + `"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if op, p := readFrame(resp.Body); op != opClose || string(p[2:]) != "unavailable" || p[0] != 1011>>8 || p[1] != 1011&0xff {
+		t.Errorf("first message to an upstream that answers 200: op %d %q, want close 1011 unavailable", op, p)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/net/http/httpguts"
@@ -30,6 +31,9 @@ type clientStream struct {
 	w    http.ResponseWriter
 	rc   *http.ResponseController
 	body io.ReadCloser
+
+	mu    sync.Mutex // guards ended, for interrupt
+	ended bool       // hung up: the stream may be gone with its handler
 }
 
 const (
@@ -142,6 +146,9 @@ func (cs *clientStream) hangUp(await bool) {
 		cs.setDeadline(time.Now().Add(closeWait))
 		awaitClose(cs.br)
 	}
+	cs.mu.Lock()
+	cs.ended = true
+	cs.mu.Unlock()
 	if cs.conn != nil {
 		cs.conn.Close()
 		return
@@ -149,6 +156,17 @@ func (cs *clientStream) hangUp(await bool) {
 	// The stream ends when the handler returns; the body is the client's
 	// half of it.
 	cs.body.Close()
+}
+
+// interrupt ends a wait on the stream now, from another goroutine: the
+// pending read or write returns a timeout. A stream that was hung up is
+// left alone (over HTTP/2 its writer is gone with the handler).
+func (cs *clientStream) interrupt() {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if !cs.ended {
+		cs.setDeadline(time.Now())
+	}
 }
 
 // closeHandshake completes the WebSocket handshake itself and sends one

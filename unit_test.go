@@ -1,0 +1,168 @@
+package wsauth
+
+import (
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/gorilla/websocket"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+// Rules that need no network are tested on a provisioned Handler, without
+// starting Caddy.
+
+// newHandler provisions and validates h as Caddy would, without a server,
+// and sends its logs to an observer the test can read.
+func newHandler(t testing.TB, h *Handler) (*Handler, *observer.ObservedLogs) {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	core, logs := observer.New(zapcore.DebugLevel)
+	h.logger = zap.New(core)
+	return h, logs
+}
+
+// requestIn is a request as Caddy hands it to a handler: with a replacer
+// and extra access log fields in its context.
+func requestIn(method, target string) *http.Request {
+	r := httptest.NewRequest(method, target, nil)
+	ctx := context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer())
+	ctx = context.WithValue(ctx, caddyhttp.ExtraLogFieldsCtxKey, new(caddyhttp.ExtraLogFields))
+	return r.WithContext(ctx)
+}
+
+// TestClaimRules: the token checks, one rule at a time, on the handler
+// alone: verify, authorize and admit give the reason the table says.
+func TestClaimRules(t *testing.T) {
+	h, _ := newHandler(t, &Handler{
+		Secrets:       []string{testSecret},
+		Issuers:       []string{"https://issuer.test"},
+		Audiences:     []string{"chat-api"},
+		Scopes:        []string{"chat:read"},
+		UserClaim:     "email",
+		HandshakeRate: &HandshakeRate{Events: 1, Window: caddy.Duration(time.Hour), Per: "user"},
+	})
+	good := func(mods ...func(jwt.MapClaims)) string {
+		base := []func(jwt.MapClaims){func(c jwt.MapClaims) {
+			c["iss"], c["aud"], c["email"] = "https://issuer.test", "chat-api", "dana@example.test"
+		}}
+		return hs256(t, claims("dana", append(base, mods...)...))
+	}
+	for _, tc := range []struct {
+		name  string
+		token string
+		want  string // a reason, or "" for accepted
+	}{
+		{"valid", good(), ""},
+		{"the same user again: over the rate", good(), "rate_limited"},
+		{"another issuer", good(func(c jwt.MapClaims) { c["iss"] = "https://other.test" }), "invalid"},
+		{"another audience", good(func(c jwt.MapClaims) { c["aud"] = []string{"a", "b"} }), "invalid"},
+		{"no user claim", good(func(c jwt.MapClaims) { delete(c, "email") }), "invalid"},
+		{"user claim not a string", good(func(c jwt.MapClaims) { c["email"] = 42 }), "invalid"},
+		{"expired", good(func(c jwt.MapClaims) { c["exp"] = time.Now().Add(-time.Minute).Unix() }), "expired"},
+		{"missing scope", good(func(c jwt.MapClaims) { c["email"], c["scope"] = "erin@example.test", "chat:write" }), "forbidden"},
+		{"wildcard scope", good(func(c jwt.MapClaims) { c["email"], c["scope"] = "fay@example.test", "chat:*" }), ""},
+	} {
+		var id identity
+		ref := h.checkToken(tc.token, &id)
+		got := ""
+		if ref != nil {
+			got = ref.reason.String()
+		}
+		if got != tc.want {
+			t.Errorf("%s: refused as %q, want %q (detail %v)", tc.name, got, tc.want, ref)
+		}
+	}
+}
+
+// TestRefuseFunnel: every refusal goes through one function that logs it
+// once with its reason and detail and answers with the table's status and
+// headers; Retry-After comes from the refusal.
+func TestRefuseFunnel(t *testing.T) {
+	h, logs := newHandler(t, &Handler{Secrets: []string{testSecret}, Reject: "status", Scopes: []string{"chat:read"}})
+	for _, tc := range []struct {
+		ref    *refusal
+		status int
+		header string
+		value  string
+		logged string
+	}{
+		{refuseMissing, 401, "WWW-Authenticate", "Bearer", ""},
+		{&refusal{reason: reasonInvalid, detail: errSignature}, 401, "WWW-Authenticate", `Bearer error="invalid_token"`, "signature invalid"},
+		{&refusal{reason: reasonForbidden, detail: errString("scope not granted: chat:read")}, 403, "WWW-Authenticate", `Bearer error="insufficient_scope", scope="chat:read"`, "scope not granted: chat:read"},
+		{&refusal{reason: reasonRateLimited, detail: errRateIP, retry: 2500 * time.Millisecond}, 429, "Retry-After", "3", "handshake rate of the client IP exceeded"},
+		{refuseBlockedIP, 403, "WWW-Authenticate", "", "client IP blocked"},
+		{&refusal{reason: reasonUnavailable, detail: errKeysUnavailable}, 503, "Retry-After", "", "signing keys unavailable"},
+	} {
+		logs.TakeAll()
+		rec := httptest.NewRecorder()
+		if err := h.refuse(&handshake{w: rec, r: requestIn(http.MethodGet, "/ws")}, tc.ref); err != nil {
+			t.Fatal(err)
+		}
+		name := tc.ref.reason.String()
+		if rec.Code != tc.status || rec.Header().Get(tc.header) != tc.value {
+			t.Errorf("%s: status %d, %s %q; want %d, %q", name, rec.Code, tc.header, rec.Header().Get(tc.header), tc.status, tc.value)
+		}
+		entries := logs.FilterMessage("websocket refused").AllUntimed()
+		if len(entries) != 1 {
+			t.Errorf("%s: %d log entries, want 1", name, len(entries))
+			continue
+		}
+		fields := entries[0].ContextMap()
+		if fields["reason"] != name || tc.logged != "" && fields["detail"] != tc.logged {
+			t.Errorf("%s: logged %v", name, fields)
+		}
+	}
+}
+
+// TestClientStreamHTTP1: the module's own answer to a WebSocket handshake
+// over HTTP/1.1: a 101 that selects the offered protocol, one Close frame,
+// the client's Close awaited, then the connection closed. (Over HTTP/2 and
+// HTTP/3 the same stream is tested through Caddy: TestHTTP2FirstMessage,
+// TestHTTP3WebSocket.)
+func TestClientStreamHTTP1(t *testing.T) {
+	done := make(chan error, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cs, err := acceptStream(w, r, selectProtocol(r, ""), nil)
+		if err == nil {
+			cs.close(4003, "forbidden", true)
+		}
+		done <- err
+	}))
+	defer srv.Close()
+	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second, Subprotocols: []string{"a b", "chat"}}
+	c, _, err := d.Dial("ws"+srv.URL[len("http"):], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if c.Subprotocol() != "chat" {
+		t.Errorf("selected %q, want chat", c.Subprotocol())
+	}
+	if got := readClose(c); got != "close 4003 forbidden" {
+		t.Errorf("got %s, want close 4003 forbidden", got)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("acceptStream: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the handler did not end after the close handshake")
+	}
+}
