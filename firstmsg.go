@@ -353,4 +353,3 @@ type streamAddr struct{}
 
 func (streamAddr) Network() string { return "stream" }
 func (streamAddr) String() string  { return "stream" }
-
