@@ -200,6 +200,10 @@ func TestTokenStrippedInEveryForm(t *testing.T) {
 				{"two Authorization lines", dialOpts{header: http.Header{"Authorization": {"Bearer " + good, "Bearer " + forged}}}, "close 1008 invalid"},
 				{"the marker twice", dialOpts{protocols: []string{"access_token", good, "access_token", forged}}, "close 1008 invalid"},
 				{"two cookies of one name", dialOpts{header: http.Header{"Cookie": {"session=" + good + "; theme=dark; session=" + forged}}}, "accepted"},
+				{"a query token and a forged header", dialOpts{query: "token=" + good, header: http.Header{"Authorization": {"Bearer " + forged}}}, "accepted"},
+				{"Bearer, then Bearer and a tab", dialOpts{header: http.Header{"Authorization": {"Bearer " + good, "Bearer\t" + forged}}}, "close 1008 invalid"},
+				{"Bearer, then Basic", dialOpts{header: http.Header{"Authorization": {"Bearer " + good, "Basic " + forged}}}, "close 1008 invalid"},
+				{"a second token after a semicolon", dialOpts{query: "token=" + good + "&x=1;token=" + forged}, "close 1008 invalid"},
 			}
 			accepted := 0
 			for _, tc := range cases {

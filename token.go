@@ -192,18 +192,24 @@ func (s *tokenSource) read(r *http.Request) (string, int) {
 		return queryValue(r.URL.RawQuery, s.name)
 	case sourceHeader:
 		var tok string
-		n := 0
+		n, others := 0, 0
 		for _, v := range r.Header[s.name] {
 			if s.scheme == "" {
 				v = strings.TrimSpace(v)
 			} else if len(v) > len(s.scheme) && v[len(s.scheme)] == ' ' && strings.EqualFold(v[:len(s.scheme)], s.scheme) {
 				v = strings.TrimSpace(v[len(s.scheme)+1:])
 			} else {
-				continue // another scheme: not ours to judge
+				others++ // another scheme, or another spelling of it
+				continue
 			}
 			if n++; n == 1 {
 				tok = v
 			}
+		}
+		if n > 0 {
+			// Next to a token, any other line of the header is a value the
+			// upstream might read instead (Basic, or "Bearer\t...").
+			n += others
 		}
 		return tok, n
 	case sourceCookie:
@@ -325,7 +331,10 @@ func eachProtocol(lines []string, fn func(string) bool) {
 }
 
 // queryValue returns the first value of key in a raw query string without
-// building a url.Values map, and how many times key appears.
+// building a url.Values map, and how many times key appears. Go splits a
+// query at "&" only, but some servers also split at ";": a key after a
+// ";" counts (so that a second token there is refused and stripped), but
+// is never read as the token.
 func queryValue(raw, key string) (string, int) {
 	var tok string
 	n := 0
@@ -333,6 +342,9 @@ func queryValue(raw, key string) (string, int) {
 		var seg string
 		seg, raw, _ = strings.Cut(raw, "&")
 		k, v, _ := strings.Cut(seg, "=")
+		if strings.IndexByte(v, ';') >= 0 {
+			n += semicolonKeys(v, key)
+		}
 		if k != key && !(strings.Contains(k, "%") && unescape(k) == key) {
 			continue
 		}
@@ -347,13 +359,28 @@ func queryValue(raw, key string) (string, int) {
 	return tok, n
 }
 
+// semicolonKeys counts the parts after a ";" in v whose key is key.
+func semicolonKeys(v, key string) int {
+	n := 0
+	_, rest, _ := strings.Cut(v, ";")
+	for rest != "" {
+		var part string
+		part, rest, _ = strings.Cut(rest, ";")
+		if k, _, _ := strings.Cut(part, "="); k == key || strings.Contains(k, "%") && unescape(k) == key {
+			n++
+		}
+	}
+	return n
+}
+
 func removeQueryParam(raw, key string) string {
 	var b strings.Builder
 	for rest := raw; rest != ""; {
 		var seg string
 		seg, rest, _ = strings.Cut(rest, "&")
-		k, _, _ := strings.Cut(seg, "=")
-		if k == key || (strings.Contains(k, "%") && unescape(k) == key) || seg == "" {
+		k, v, _ := strings.Cut(seg, "=")
+		if k == key || (strings.Contains(k, "%") && unescape(k) == key) || seg == "" ||
+			strings.IndexByte(v, ';') >= 0 && semicolonKeys(v, key) > 0 {
 			continue
 		}
 		if b.Len() > 0 {

@@ -25,6 +25,9 @@ func TestQueryValue(t *testing.T) {
 		{"a=1&token", "token", "", 1, "a=1"},
 		{"a=1", "token", "", 0, "a=1"},
 		{"&&token=z&&", "token", "z", 1, ""},
+		{"token=a&x=1;token=b", "token", "a", 2, ""},
+		{"x=1;token=b&y=2", "token", "", 1, "y=2"},
+		{"x=1;y=2", "token", "", 0, "x=1;y=2"},
 	}
 	for _, tc := range cases {
 		if got, n := queryValue(tc.raw, tc.key); got != tc.want || n != tc.n {

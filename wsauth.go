@@ -78,12 +78,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		// Every source that holds a value, not only the one that won: a
 		// session cookie riding along with a query token is a token too.
 		s := &h.sources[i]
-		if _, n := s.read(r); n > 0 {
+		if _, n := s.read(r); n > 0 || s == src {
 			logged = logged || creds || !s.redactedByCaddy()
 			switch {
-			case h.strip:
+			case h.strip, s != src:
+				// With strip_token off, the verified value goes on, and
+				// no value of another source that nobody verified.
 				s.strip(r)
-			case s == src && s.kind == sourceCookie && n > 1:
+			case s.kind == sourceCookie && n > 1:
 				s.keepCookie(r, token) // the verified cookie, and no other of its name
 			}
 		}
