@@ -364,7 +364,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				return d.Errf("rate_limit: unknown kind %q (want handshakes)", args[0])
 			}
-			if h.HandshakeRate != nil {
+			if h.RateLimits != nil && h.RateLimits.Handshakes != nil {
 				return d.Errf("rate_limit handshakes: already specified")
 			}
 			if len(args) != 2 && len(args) != 4 {
@@ -384,7 +384,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 				hr.Per = args[3]
 			}
-			h.HandshakeRate = hr
+			if h.RateLimits == nil {
+				h.RateLimits = new(RateLimits)
+			}
+			h.RateLimits.Handshakes = hr
 
 		case "blocklist_file":
 			if err := once(opt); err != nil {

@@ -120,8 +120,9 @@ type Handler struct {
 	// the upstream never sees it. Default: true.
 	StripToken *bool `json:"strip_token,omitempty"`
 
-	// Limits how often handshakes may be made, per client IP or per user.
-	HandshakeRate *HandshakeRate `json:"handshake_rate,omitempty"`
+	// Limits how often clients may act: handshakes, per client IP or per
+	// user. Default: no limits.
+	RateLimits *RateLimits `json:"rate_limits,omitempty"`
 
 	// A file listing blocked token IDs (jti), users (sub) and client IPs
 	// or CIDRs, one per line, each with an optional RFC 3339 expiry. It is
@@ -222,8 +223,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.logger.Warn("allow_missing_origin has no effect without allowed_origins")
 	}
 
-	if h.HandshakeRate != nil {
-		if h.limiter, h.limiterKey, err = acquireRateLimiter(h.HandshakeRate); err != nil {
+	if h.RateLimits != nil && h.RateLimits.Handshakes != nil {
+		if h.limiter, h.limiterKey, err = acquireRateLimiter(h.RateLimits.Handshakes); err != nil {
 			return err
 		}
 	}
