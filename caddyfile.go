@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/dustin/go-humanize"
-	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -71,18 +70,21 @@ func parseCaddyfile(helper httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 // close_code once per reason, first_message once); the other options may
 // be given once.
 //
-// What the Caddyfile alone decides is checked here, so that the error
-// names the file and line: algorithm names ("none" is refused), origin
-// patterns, scopes, that a cookie token source comes with allowed_origins,
-// token source names and schemes (header field names, cookie names and
-// subprotocol markers must be tokens), a jwks URL (https, or plain http to
-// a loopback address; one with a placeholder is checked at load), jwks
-// refresh (at least 10s) and timeout (at most 1m), rate_limit bounds,
-// leeway (at most 1h), that there is a key source, that every algorithm
-// can be verified by a configured type of key (checkKeyTypes), and that
-// the environment variables a secret names ({env.NAME}) are set. The same
-// rules run again at provision, for JSON configs, where the environment
-// is the one Caddy runs in. Key files, key sets and secret values are
+// Each option is parsed by its own function (caddyfileOptions), which
+// applies to the value it has just read the same rule function that
+// checkConfig applies to JSON, so that the error names the file and line:
+// algorithm names ("none" is refused), origin patterns, scopes, token
+// sources (header field names, cookie names and subprotocol markers must
+// be tokens), a jwks URL (https, or plain http to a loopback address; one
+// with a placeholder is checked at load), jwks refresh and timeout,
+// rate_limit bounds, leeway, reject. The rules that need the whole block
+// run after it, at the line that named the value: that a cookie token
+// source comes with allowed_origins, that there is a key source, and that
+// every algorithm can be verified by a configured type of key
+// (checkKeyTypes). checkConfig itself runs last, at the directive, so that
+// the Caddyfile accepts nothing that JSON refuses. The Caddyfile adds one
+// rule of its own: the environment variables a secret names ({env.NAME})
+// are set where it is adapted. Key files, key sets and secret values are
 // checked at provision.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
@@ -92,333 +94,434 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 
+	p := &caddyfileParser{h: h, d: d, algTokens: make(map[string]caddyfile.Token)}
 	seen := make(map[string]bool)
-	once := func(opt string) error {
-		if seen[opt] {
-			return d.Errf("%s: already specified", opt)
-		}
-		seen[opt] = true
-		return nil
-	}
-
-	// A cookie rides along with any cross-site WebSocket, so a cookie
-	// source needs an Origin check (see Validate); the error is made where
-	// the source is written, and returned if no allowed_origins follows.
-	var cookieErr error
-
-	// Where each algorithm was named, for an error found after the block.
-	algTokens := make(map[string]caddyfile.Token)
-
 	var last string // the previous option, for a block it does not take
 	for d.NextBlock(0) {
-		opt := d.Val()
-		if opt == "{" && last != "" {
+		name := d.Val()
+		if name == "{" && last != "" {
 			return d.Errf("%s: unexpected block", last)
 		}
-		last = opt
-		switch opt {
-		case "token_source":
-			ts, err := parseTokenSource(d)
-			if err != nil {
-				return err
+		last = name
+		opt, ok := caddyfileOptions[name]
+		if !ok {
+			return d.Errf("unrecognized subdirective '%s'", name)
+		}
+		if opt.once {
+			if seen[name] {
+				return d.Errf("%s: already specified", name)
 			}
-			if ts.Source == "first_message" {
-				if err := once("token_source first_message"); err != nil {
-					return err
-				}
-			}
-			if ts.Source == "cookie" && cookieErr == nil {
-				cookieErr = d.Errf("token_source cookie: requires allowed_origins (cross-site WebSocket hijacking)")
-			}
-			h.TokenSources = append(h.TokenSources, ts)
-
-		case "secret":
-			v, err := parseSecret(d)
-			if err != nil {
-				return err
-			}
-			h.Secrets = append(h.Secrets, v)
-
-		case "public_key":
-			v, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			h.PublicKeys = append(h.PublicKeys, v)
-
-		case "jwks":
-			url, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			// A placeholder is judged at load, when it has a value.
-			if !strings.Contains(url, "{") {
-				if _, err := checkJWKSURL(url); err != nil {
-					return d.WrapErr(err)
-				}
-			}
-			src := &JWKSSource{URL: url}
-			var lastSub string
-			for nesting := d.Nesting(); d.NextBlock(nesting); {
-				sub := d.Val()
-				if sub == "{" && lastSub != "" {
-					return d.Errf("jwks %s: unexpected block", lastSub)
-				}
-				lastSub = sub
-				var dst *caddy.Duration
-				var check func(time.Duration) error
-				switch sub {
-				case "refresh":
-					dst, check = &src.Refresh, checkJWKSRefresh
-				case "timeout":
-					dst, check = &src.Timeout, checkJWKSTimeout
-				default:
-					return d.Errf("jwks: unrecognized subdirective '%s'", sub)
-				}
-				if *dst != 0 {
-					return d.Errf("jwks %s: already specified", sub)
-				}
-				v, err := oneArgOf(d, "jwks "+sub)
-				if err != nil {
-					return err
-				}
-				dur, err := caddy.ParseDuration(v)
-				if err != nil || dur <= 0 {
-					return d.Errf("jwks %s: invalid duration %q", sub, v)
-				}
-				if err := check(dur); err != nil {
-					return d.Errf("jwks %s: %v", sub, err)
-				}
-				*dst = caddy.Duration(dur)
-			}
-			h.JWKS = append(h.JWKS, src)
-
-		case "jwks_file":
-			v, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			h.JWKSFiles = append(h.JWKSFiles, v)
-
-		case "algorithms", "issuer", "audience", "scopes", "allowed_origins":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.Errf("%s: needs at least one value", opt)
-			}
-			for _, a := range args {
-				if a == "" {
-					return d.Errf("%s: empty value", opt)
-				}
-			}
-			switch opt {
-			case "algorithms":
-				for _, alg := range args {
-					if strings.EqualFold(alg, "none") {
-						return d.Errf("algorithms: 'none' is never accepted")
-					}
-					if jwt.GetSigningMethod(alg) == nil {
-						return d.Errf("algorithms: unknown algorithm %q", alg)
-					}
-				}
-				for _, alg := range args {
-					if _, dup := algTokens[alg]; !dup {
-						algTokens[alg] = d.Token()
-					}
-				}
-				h.Algorithms = append(h.Algorithms, args...)
-			case "issuer":
-				h.Issuers = append(h.Issuers, args...)
-			case "audience":
-				h.Audiences = append(h.Audiences, args...)
-			case "scopes":
-				for _, s := range args {
-					if strings.ContainsAny(s, " \t") {
-						return d.Errf("scopes: invalid scope %q", s)
-					}
-				}
-				h.Scopes = append(h.Scopes, args...)
-			case "allowed_origins":
-				if _, err := compileOrigins(args); err != nil {
-					return d.WrapErr(err)
-				}
-				h.AllowedOrigins = append(h.AllowedOrigins, args...)
-			}
-
-		case "leeway":
-			if err := once(opt); err != nil {
-				return err
-			}
-			v, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			dur, err := caddy.ParseDuration(v)
-			if err != nil || dur < 0 {
-				return d.Errf("leeway: invalid duration %q", v)
-			}
-			if err := checkLeeway(dur); err != nil {
-				return d.WrapErr(err)
-			}
-			h.Leeway = caddy.Duration(dur)
-
-		case "user_claim", "scope_claim":
-			if err := once(opt); err != nil {
-				return err
-			}
-			v, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			if opt == "user_claim" {
-				h.UserClaim = v
-			} else {
-				h.ScopeClaim = v
-			}
-
-		case "max_token_size":
-			if err := once(opt); err != nil {
-				return err
-			}
-			v, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			size, err := humanize.ParseBytes(v)
-			if err != nil || size == 0 || size > 1<<20 {
-				return d.Errf("max_token_size: invalid size %q (1B to 1MiB)", v)
-			}
-			h.MaxTokenSize = int(size)
-
-		case "allow_missing_origin", "upgrades_only":
-			if err := once(opt); err != nil {
-				return err
-			}
-			if d.NextArg() {
-				return d.Errf("%s: takes no arguments", opt)
-			}
-			if opt == "upgrades_only" {
-				h.UpgradesOnly = true
-			} else {
-				h.AllowMissingOrigin = true
-			}
-
-		case "reject":
-			if err := once(opt); err != nil {
-				return err
-			}
-			v, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			if v != "close" && v != "status" {
-				return d.Errf("reject: must be close or status, not %q", v)
-			}
-			h.Reject = v
-
-		case "close_code":
-			args := d.RemainingArgs()
-			if len(args) != 2 {
-				return d.Errf("close_code: want <reason> <code>")
-			}
-			if _, ok := reasonByName(args[0]); !ok {
-				return d.Errf("close_code: unknown reason %q", args[0])
-			}
-			code, err := strconv.Atoi(args[1])
-			if err != nil || !validCloseCode(code) {
-				return d.Errf("close_code: invalid code %q (1000-1003, 1007-1014, 3000-4999)", args[1])
-			}
-			if h.CloseCodes == nil {
-				h.CloseCodes = make(map[string]int)
-			}
-			if _, dup := h.CloseCodes[args[0]]; dup {
-				return d.Errf("close_code: %s already specified", args[0])
-			}
-			h.CloseCodes[args[0]] = code
-
-		case "strip_token":
-			if err := once(opt); err != nil {
-				return err
-			}
-			v, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			var on bool
-			switch v {
-			case "on":
-				on = true
-			case "off":
-			default:
-				return d.Errf("strip_token: must be on or off, not %q", v)
-			}
-			h.StripToken = &on
-
-		case "rate_limit":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.Errf("rate_limit: want handshakes <n>/<duration> [per ip|user]")
-			}
-			if args[0] != "handshakes" {
-				if args[0] == "messages" {
-					return d.Errf("rate_limit messages: not available in this version of ws_auth yet")
-				}
-				return d.Errf("rate_limit: unknown kind %q (want handshakes)", args[0])
-			}
-			if h.HandshakeRate != nil {
-				return d.Errf("rate_limit handshakes: already specified")
-			}
-			if len(args) != 2 && len(args) != 4 {
-				return d.Errf("rate_limit handshakes: want <n>/<duration> [per ip|user]")
-			}
-			n, win, err := parseRate(args[1])
-			if err == nil {
-				err = checkRate(n, win)
-			}
-			if err != nil {
-				return d.Errf("rate_limit handshakes: %v", err)
-			}
-			hr := &HandshakeRate{Events: n, Window: caddy.Duration(win)}
-			if len(args) == 4 {
-				if args[2] != "per" || (args[3] != "ip" && args[3] != "user") {
-					return d.Errf("rate_limit handshakes: want per ip or per user, not %q", strings.Join(args[2:], " "))
-				}
-				hr.Per = args[3]
-			}
-			h.HandshakeRate = hr
-
-		case "blocklist_file":
-			if err := once(opt); err != nil {
-				return err
-			}
-			v, err := oneArg(d)
-			if err != nil {
-				return err
-			}
-			h.BlocklistFile = v
-
-		case "max_connections_per_user", "max_message_size",
-			"block_after", "redis", "expire_connections", "revalidate", "refresh_message":
-			return d.Errf("%s: not available in this version of ws_auth yet", opt)
-
-		default:
-			return d.Errf("unrecognized subdirective '%s'", opt)
+			seen[name] = true
+		}
+		if err := opt.parse(p); err != nil {
+			return err
 		}
 	}
-	if cookieErr != nil && len(h.AllowedOrigins) == 0 {
-		return cookieErr
+	return p.checkBlock(directive)
+}
+
+// caddyfileParser is one ws_auth block being parsed: the handler it
+// fills, and where values were named, for the rules checked after the
+// block.
+type caddyfileParser struct {
+	h *Handler
+	d *caddyfile.Dispenser
+	// cookie is the first token_source cookie, nil if none.
+	cookie *caddyfile.Token
+	// algTokens is where each algorithm was first named.
+	algTokens map[string]caddyfile.Token
+}
+
+// caddyfileOption is how an option of the ws_auth block is parsed.
+type caddyfileOption struct {
+	once  bool // the option may be given once
+	parse func(p *caddyfileParser) error
+}
+
+// caddyfileOptions are the options of the ws_auth block.
+var caddyfileOptions = map[string]caddyfileOption{
+	"token_source":         {parse: (*caddyfileParser).tokenSource},
+	"secret":               {parse: (*caddyfileParser).secret},
+	"public_key":           {parse: (*caddyfileParser).publicKey},
+	"jwks":                 {parse: (*caddyfileParser).jwks},
+	"jwks_file":            {parse: (*caddyfileParser).jwksFile},
+	"algorithms":           {parse: (*caddyfileParser).algorithms},
+	"issuer":               {parse: (*caddyfileParser).issuer},
+	"audience":             {parse: (*caddyfileParser).audience},
+	"leeway":               {once: true, parse: (*caddyfileParser).leeway},
+	"user_claim":           {once: true, parse: (*caddyfileParser).userClaim},
+	"max_token_size":       {once: true, parse: (*caddyfileParser).maxTokenSize},
+	"scopes":               {parse: (*caddyfileParser).scopes},
+	"scope_claim":          {once: true, parse: (*caddyfileParser).scopeClaim},
+	"allowed_origins":      {parse: (*caddyfileParser).allowedOrigins},
+	"allow_missing_origin": {once: true, parse: (*caddyfileParser).allowMissingOrigin},
+	"upgrades_only":        {once: true, parse: (*caddyfileParser).upgradesOnly},
+	"reject":               {once: true, parse: (*caddyfileParser).reject},
+	"close_code":           {parse: (*caddyfileParser).closeCode},
+	"strip_token":          {once: true, parse: (*caddyfileParser).stripToken},
+	"rate_limit":           {parse: (*caddyfileParser).rateLimit},
+	"blocklist_file":       {once: true, parse: (*caddyfileParser).blocklistFile},
+
+	// Options of SPEC.md that later versions add.
+	"max_connections_per_user": {parse: (*caddyfileParser).notYet},
+	"max_message_size":         {parse: (*caddyfileParser).notYet},
+	"block_after":              {parse: (*caddyfileParser).notYet},
+	"redis":                    {parse: (*caddyfileParser).notYet},
+	"expire_connections":       {parse: (*caddyfileParser).notYet},
+	"revalidate":               {parse: (*caddyfileParser).notYet},
+	"refresh_message":          {parse: (*caddyfileParser).notYet},
+}
+
+func (p *caddyfileParser) tokenSource() error {
+	ts, err := parseTokenSource(p.d)
+	if err != nil {
+		return err
 	}
-	// The key sources and algorithms, judged by key type as Provision
-	// judges them first (checkKeyTypes); which algorithms a public_key
-	// verifies depends on its file, read at load.
+	if err := checkTokenSources(append(p.h.TokenSources, ts)); err != nil {
+		return p.d.WrapErr(err)
+	}
+	if ts.Source == "cookie" && p.cookie == nil {
+		tok := p.d.Token()
+		p.cookie = &tok
+	}
+	p.h.TokenSources = append(p.h.TokenSources, ts)
+	return nil
+}
+
+func (p *caddyfileParser) secret() error {
+	v, err := parseSecret(p.d)
+	if err != nil {
+		return err
+	}
+	p.h.Secrets = append(p.h.Secrets, v)
+	return nil
+}
+
+func (p *caddyfileParser) publicKey() error {
+	v, err := oneArg(p.d)
+	if err != nil {
+		return err
+	}
+	p.h.PublicKeys = append(p.h.PublicKeys, v)
+	return nil
+}
+
+func (p *caddyfileParser) jwks() error {
+	d := p.d
+	url, err := oneArg(d)
+	if err != nil {
+		return err
+	}
+	// A placeholder is judged at load, when it has a value.
+	if !strings.Contains(url, "{") {
+		if _, err := checkJWKSURL(url); err != nil {
+			return d.WrapErr(err)
+		}
+	}
+	src := &JWKSSource{URL: url}
+	var last string
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		if sub == "{" && last != "" {
+			return d.Errf("jwks %s: unexpected block", last)
+		}
+		last = sub
+		var dst *caddy.Duration
+		var check func(time.Duration) error
+		switch sub {
+		case "refresh":
+			dst, check = &src.Refresh, checkJWKSRefresh
+		case "timeout":
+			dst, check = &src.Timeout, checkJWKSTimeout
+		default:
+			return d.Errf("jwks: unrecognized subdirective '%s'", sub)
+		}
+		if *dst != 0 {
+			return d.Errf("jwks %s: already specified", sub)
+		}
+		v, err := oneArgOf(d, "jwks "+sub)
+		if err != nil {
+			return err
+		}
+		dur, err := caddy.ParseDuration(v)
+		if err != nil {
+			return d.Errf("jwks %s: invalid duration %q", sub, v)
+		}
+		if err := check(dur); err != nil {
+			return d.Errf("jwks %s: %v", sub, err)
+		}
+		*dst = caddy.Duration(dur)
+	}
+	p.h.JWKS = append(p.h.JWKS, src)
+	return nil
+}
+
+func (p *caddyfileParser) jwksFile() error {
+	v, err := oneArg(p.d)
+	if err != nil {
+		return err
+	}
+	p.h.JWKSFiles = append(p.h.JWKSFiles, v)
+	return nil
+}
+
+func (p *caddyfileParser) algorithms() error {
+	algs, err := values(p.d)
+	if err != nil {
+		return err
+	}
+	for _, alg := range algs {
+		if err := checkAlgorithm(alg); err != nil {
+			return p.d.WrapErr(err)
+		}
+		if _, dup := p.algTokens[alg]; !dup {
+			p.algTokens[alg] = p.d.Token()
+		}
+	}
+	p.h.Algorithms = append(p.h.Algorithms, algs...)
+	return nil
+}
+
+func (p *caddyfileParser) issuer() error {
+	v, err := values(p.d)
+	if err != nil {
+		return err
+	}
+	p.h.Issuers = append(p.h.Issuers, v...)
+	return nil
+}
+
+func (p *caddyfileParser) audience() error {
+	v, err := values(p.d)
+	if err != nil {
+		return err
+	}
+	p.h.Audiences = append(p.h.Audiences, v...)
+	return nil
+}
+
+func (p *caddyfileParser) leeway() error {
+	v, err := oneArg(p.d)
+	if err != nil {
+		return err
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil {
+		return p.d.Errf("leeway: invalid duration %q", v)
+	}
+	if err := checkLeeway(dur); err != nil {
+		return p.d.WrapErr(err)
+	}
+	p.h.Leeway = caddy.Duration(dur)
+	return nil
+}
+
+func (p *caddyfileParser) userClaim() error {
+	v, err := oneArg(p.d)
+	if err != nil {
+		return err
+	}
+	p.h.UserClaim = v
+	return nil
+}
+
+// maxTokenSize reads a humanized size; 0, which in JSON is the default,
+// is refused with the sizes checkMaxTokenSize refuses.
+func (p *caddyfileParser) maxTokenSize() error {
+	v, err := oneArg(p.d)
+	if err != nil {
+		return err
+	}
+	size, err := humanize.ParseBytes(v)
+	if err != nil || size == 0 || checkMaxTokenSize(int(size)) != nil {
+		return p.d.Errf("max_token_size: invalid size %q (1B to 1MiB)", v)
+	}
+	p.h.MaxTokenSize = int(size)
+	return nil
+}
+
+func (p *caddyfileParser) scopes() error {
+	scopes, err := values(p.d)
+	if err != nil {
+		return err
+	}
+	for _, s := range scopes {
+		if err := checkScope(s); err != nil {
+			return p.d.WrapErr(err)
+		}
+	}
+	p.h.Scopes = append(p.h.Scopes, scopes...)
+	return nil
+}
+
+func (p *caddyfileParser) scopeClaim() error {
+	v, err := oneArg(p.d)
+	if err != nil {
+		return err
+	}
+	p.h.ScopeClaim = v
+	return nil
+}
+
+func (p *caddyfileParser) allowedOrigins() error {
+	origins, err := values(p.d)
+	if err != nil {
+		return err
+	}
+	if _, err := compileOrigins(origins); err != nil {
+		return p.d.WrapErr(err)
+	}
+	p.h.AllowedOrigins = append(p.h.AllowedOrigins, origins...)
+	return nil
+}
+
+func (p *caddyfileParser) allowMissingOrigin() error {
+	if err := noArgs(p.d); err != nil {
+		return err
+	}
+	p.h.AllowMissingOrigin = true
+	return nil
+}
+
+func (p *caddyfileParser) upgradesOnly() error {
+	if err := noArgs(p.d); err != nil {
+		return err
+	}
+	p.h.UpgradesOnly = true
+	return nil
+}
+
+func (p *caddyfileParser) reject() error {
+	v, err := oneArg(p.d)
+	if err != nil {
+		return err
+	}
+	if err := checkReject(v); err != nil {
+		return p.d.WrapErr(err)
+	}
+	p.h.Reject = v
+	return nil
+}
+
+// closeCode reads one override; the reason and the code are judged by
+// the functions compileCloseCodes uses, and the error shows what was
+// written.
+func (p *caddyfileParser) closeCode() error {
+	d := p.d
+	args := d.RemainingArgs()
+	if len(args) != 2 {
+		return d.Errf("close_code: want <reason> <code>")
+	}
+	if _, ok := reasonByName(args[0]); !ok {
+		return d.Errf("close_code: unknown reason %q", args[0])
+	}
+	code, err := strconv.Atoi(args[1])
+	if err != nil || !validCloseCode(code) {
+		return d.Errf("close_code: invalid code %q (1000-1003, 1007-1014, 3000-4999)", args[1])
+	}
+	if _, dup := p.h.CloseCodes[args[0]]; dup {
+		return d.Errf("close_code: %s already specified", args[0])
+	}
+	if p.h.CloseCodes == nil {
+		p.h.CloseCodes = make(map[string]int)
+	}
+	p.h.CloseCodes[args[0]] = code
+	return nil
+}
+
+func (p *caddyfileParser) stripToken() error {
+	v, err := oneArg(p.d)
+	if err != nil {
+		return err
+	}
+	var on bool
+	switch v {
+	case "on":
+		on = true
+	case "off":
+	default:
+		return p.d.Errf("strip_token: must be on or off, not %q", v)
+	}
+	p.h.StripToken = &on
+	return nil
+}
+
+// rateLimit reads `rate_limit <kind> ...` into RateLimits; handshakes is
+// the only kind so far.
+func (p *caddyfileParser) rateLimit() error {
+	d := p.d
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return d.Errf("rate_limit: want handshakes <n>/<duration> [per ip|user]")
+	}
+	switch args[0] {
+	case "handshakes":
+	case "messages":
+		return d.Errf("rate_limit messages: not available in this version of ws_auth yet")
+	default:
+		return d.Errf("rate_limit: unknown kind %q (want handshakes)", args[0])
+	}
+	if p.h.RateLimits != nil && p.h.RateLimits.Handshakes != nil {
+		return d.Errf("rate_limit handshakes: already specified")
+	}
+	if len(args) != 2 && len(args) != 4 {
+		return d.Errf("rate_limit handshakes: want <n>/<duration> [per ip|user]")
+	}
+	n, win, err := parseRate(args[1])
+	if err != nil {
+		return d.Errf("rate_limit handshakes: %v", err)
+	}
+	hr := &HandshakeRate{Events: n, Window: caddy.Duration(win)}
+	if len(args) == 4 {
+		if args[2] != "per" || checkRatePer(args[3]) != nil {
+			return d.Errf("rate_limit handshakes: want per ip or per user, not %q", strings.Join(args[2:], " "))
+		}
+		hr.Per = args[3]
+	}
+	if err := hr.check(); err != nil {
+		return d.WrapErr(err)
+	}
+	if p.h.RateLimits == nil {
+		p.h.RateLimits = new(RateLimits)
+	}
+	p.h.RateLimits.Handshakes = hr
+	return nil
+}
+
+func (p *caddyfileParser) blocklistFile() error {
+	v, err := oneArg(p.d)
+	if err != nil {
+		return err
+	}
+	p.h.BlocklistFile = v
+	return nil
+}
+
+func (p *caddyfileParser) notYet() error {
+	return p.d.Errf("%s: not available in this version of ws_auth yet", p.d.Val())
+}
+
+// checkBlock applies the rules that need the whole block, each error at
+// the line that named the value, then checkConfig, at the directive.
+func (p *caddyfileParser) checkBlock(directive caddyfile.Token) error {
+	h := p.h
+	if err := checkCookieOrigins(h.TokenSources, h.AllowedOrigins); err != nil {
+		return errAt(*p.cookie, "%v", err)
+	}
+	// The key sources and algorithms, judged by key type; which
+	// algorithms a public_key verifies depends on its file, read at load.
 	if err := checkHandlerKeyTypes(h); err != nil {
 		if errors.Is(err, errNoKeyConfigured) {
 			return errAt(directive, "ws_auth: %v", err)
 		}
 		for _, alg := range h.Algorithms {
 			if err := checkKeyTypes(len(h.Secrets), len(h.PublicKeys), len(h.JWKS)+len(h.JWKSFiles), []string{alg}); err != nil {
-				return errAt(algTokens[alg], "%v", err)
+				return errAt(p.algTokens[alg], "%v", err)
 			}
 		}
+		return errAt(directive, "%v", err)
+	}
+	if err := h.checkConfig(); err != nil {
 		return errAt(directive, "%v", err)
 	}
 	return nil
@@ -468,6 +571,8 @@ func errAt(tok caddyfile.Token, format string, args ...any) error {
 	return d.Errf(format, args...)
 }
 
+// parseTokenSource reads the arguments of a token_source; its values are
+// judged by checkTokenSources.
 func parseTokenSource(d *caddyfile.Dispenser) (TokenSource, error) {
 	args := d.RemainingArgs()
 	if len(args) == 0 {
@@ -496,8 +601,10 @@ func parseTokenSource(d *caddyfile.Dispenser) (TokenSource, error) {
 			return ts, d.Errf("token_source first_message: too many arguments")
 		}
 		if len(rest) == 2 {
+			// 0, the default in JSON, is no timeout to write; the bound
+			// is checkTokenSource's.
 			dur, err := caddy.ParseDuration(rest[1])
-			if err != nil || dur <= 0 || dur > maxFirstMessageTimeout {
+			if err != nil || dur <= 0 {
 				return ts, d.Errf("token_source first_message: invalid timeout %q (up to %s)", rest[1], maxFirstMessageTimeout)
 			}
 			ts.Timeout = caddy.Duration(dur)
@@ -511,10 +618,31 @@ func parseTokenSource(d *caddyfile.Dispenser) (TokenSource, error) {
 		}
 		ts.Name = rest[0]
 	}
-	if err := checkTokenSource(ts); err != nil {
-		return ts, d.WrapErr(err)
-	}
 	return ts, nil
+}
+
+// values returns the arguments of an option that takes one or more
+// non-empty values.
+func values(d *caddyfile.Dispenser) ([]string, error) {
+	opt := d.Val()
+	args := d.RemainingArgs()
+	if len(args) == 0 {
+		return nil, d.Errf("%s: needs at least one value", opt)
+	}
+	for _, a := range args {
+		if a == "" {
+			return nil, d.Errf("%s: empty value", opt)
+		}
+	}
+	return args, nil
+}
+
+// noArgs refuses arguments to a flag option.
+func noArgs(d *caddyfile.Dispenser) error {
+	if opt := d.Val(); d.NextArg() {
+		return d.Errf("%s: takes no arguments", opt)
+	}
+	return nil
 }
 
 // oneArg returns the single, non-empty argument of the current option.

@@ -355,13 +355,25 @@ func TestCaddyfileValidate(t *testing.T) {
 		},
 		{
 			name:    "rate_limit handshakes faster than 1ms per event",
-			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"handshake_rate":{"events":10000,"window":"1s"}}`,
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"rate_limits":{"handshakes":{"events":10000,"window":"1s"}}}`,
 			want:    []string{"rate_limit handshakes: the window must be at most 8784h0m0s, and at least 1ms per event"},
 		},
 		{
 			name:    "rate_limit handshakes window over a year",
-			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"handshake_rate":{"events":1,"window":"367d"}}`,
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"rate_limits":{"handshakes":{"events":1,"window":"367d"}}}`,
 			want:    []string{"rate_limit handshakes: the window must be at most 8784h0m0s, and at least 1ms per event"},
+		},
+		{
+			name:    "rate_limits handshakes per host",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"rate_limits":{"handshakes":{"events":10,"window":"1m","per":"host"}}}`,
+			want:    []string{`rate_limit handshakes: per must be ip or user, not "host"`},
+		},
+		{
+			// The name before rate_limits: strict decoding refuses it
+			// rather than load a config without its limit.
+			name:    "handshake_rate, the former name of rate_limits.handshakes",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"handshake_rate":{"events":10,"window":"1m"}}`,
+			want:    []string{"handshake_rate"},
 		},
 		{
 			name:    "token_source header with an invalid name",
@@ -533,7 +545,7 @@ func TestCaddyfileCoversEveryField(t *testing.T) {
 		}
 	}
 	all := expected.String()
-	for _, typ := range []reflect.Type{reflect.TypeFor[Handler](), reflect.TypeFor[TokenSource](), reflect.TypeFor[JWKSSource]()} {
+	for _, typ := range []reflect.Type{reflect.TypeFor[Handler](), reflect.TypeFor[TokenSource](), reflect.TypeFor[JWKSSource](), reflect.TypeFor[RateLimits](), reflect.TypeFor[HandshakeRate]()} {
 		for f := range typ.Fields() {
 			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
 			if !f.IsExported() || name == "" || name == "-" {

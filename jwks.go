@@ -39,8 +39,8 @@ const (
 // wait that long each time.
 var minJWKSRefresh = defaultMinJWKSRefresh
 
-// checkJWKSRefresh is the rule for a key set's refresh, for the Caddyfile
-// and JSON alike; the caller names the option.
+// checkJWKSRefresh is the rule for a key set's refresh (checkJWKSSource);
+// the caller names the option.
 func checkJWKSRefresh(d time.Duration) error {
 	if d < minJWKSRefresh {
 		return fmt.Errorf("must be at least %s (keys change seldom; a new kid is fetched at once)", minJWKSRefresh)
@@ -48,8 +48,8 @@ func checkJWKSRefresh(d time.Duration) error {
 	return nil
 }
 
-// checkJWKSTimeout is the rule for a key set's fetch timeout, for the
-// Caddyfile and JSON alike; the caller names the option.
+// checkJWKSTimeout is the rule for a key set's fetch timeout
+// (checkJWKSSource); the caller names the option.
 func checkJWKSTimeout(d time.Duration) error {
 	if d <= 0 || d > maxJWKSTimeout {
 		return fmt.Errorf("must be more than 0 and at most %s: a fetch can hold up a config load or a handshake", maxJWKSTimeout)
@@ -127,6 +127,8 @@ func redactURL(u *url.URL) string {
 }
 
 // loadRemoteSet returns the pooled set for src, fetching it the first time.
+// src has passed checkJWKSSource; its URL, with placeholders replaced, is
+// checked here, where it has its value.
 func loadRemoteSet(src *JWKSSource, logger *zap.Logger) (keyfunc.Keyfunc, string, error) {
 	u, err := checkJWKSURL(src.URL)
 	if err != nil {
@@ -138,12 +140,6 @@ func loadRemoteSet(src *JWKSSource, logger *zap.Logger) (keyfunc.Keyfunc, string
 	}
 	if timeout == 0 {
 		timeout = defaultJWKSTimeout
-	}
-	if err := checkJWKSRefresh(refresh); err != nil {
-		return nil, "", fmt.Errorf("jwks %s refresh: %v", redactURL(u), err)
-	}
-	if err := checkJWKSTimeout(timeout); err != nil {
-		return nil, "", fmt.Errorf("jwks %s timeout: %v", redactURL(u), err)
 	}
 	key := jwksPoolKey(src.URL, refresh, timeout)
 	val, _, err := jwksSets.LoadOrNew(key, func() (caddy.Destructor, error) {

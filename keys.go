@@ -131,11 +131,6 @@ type jwkSource struct {
 }
 
 func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, err error) {
-	// By key type first, as the Caddyfile parser judges, before any file
-	// is read or key set fetched.
-	if err := checkHandlerKeyTypes(h); err != nil {
-		return nil, err
-	}
 	k := &keyring{static: make(map[string]any), ctx: ctx}
 	defer func() {
 		if err != nil {
@@ -206,9 +201,6 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, er
 	}
 
 	for _, src := range h.JWKS {
-		if src == nil || src.URL == "" {
-			return nil, fmt.Errorf("jwks: missing URL")
-		}
 		// Placeholders such as {env.JWKS_URL} are replaced at load.
 		resolved := *src
 		resolved.URL = repl.ReplaceKnown(src.URL, "")
@@ -248,13 +240,8 @@ func (k *keyring) allowedAlgorithms(configured []string) ([]string, error) {
 		slices.Sort(algs)
 		return algs, nil
 	}
+	// Names and "none" were refused by checkAlgorithm (checkConfig).
 	for _, alg := range configured {
-		if strings.EqualFold(alg, "none") {
-			return nil, fmt.Errorf("algorithms: 'none' is never accepted")
-		}
-		if jwt.GetSigningMethod(alg) == nil {
-			return nil, fmt.Errorf("algorithms: unknown algorithm %q", alg)
-		}
 		_, static := k.static[alg]
 		// A key set may hold symmetric ("oct") keys, so HS* is allowed with
 		// one when written explicitly.

@@ -122,8 +122,9 @@ type Handler struct {
 	// the upstream never sees it. Default: true.
 	StripToken *bool `json:"strip_token,omitempty"`
 
-	// Limits how often handshakes may be made, per client IP or per user.
-	HandshakeRate *HandshakeRate `json:"handshake_rate,omitempty"`
+	// Limits how often clients may act: handshakes, per client IP or per
+	// user. Default: no limits.
+	RateLimits *RateLimits `json:"rate_limits,omitempty"`
 
 	// A file listing blocked token IDs (jti), users (sub) and client IPs
 	// or CIDRs, one per line, each with an optional RFC 3339 expiry. It is
@@ -185,11 +186,17 @@ const (
 	defaultJWKSTimeout  = 10 * time.Second
 )
 
-// Provision sets up the handler: it loads the keys, compiles the token
-// sources and origin patterns, and resolves the allowed algorithms once.
+// Provision sets up the handler: it checks the configuration
+// (checkConfig) before anything else, then compiles the token sources,
+// origin patterns and close codes, shares the rate limiter and the
+// blocklist, loads the keys, and resolves the allowed algorithms once.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.ctx = ctx
+
+	if err := h.checkConfig(); err != nil {
+		return err
+	}
 
 	h.maxToken = h.MaxTokenSize
 	if h.maxToken == 0 {
@@ -224,8 +231,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.logger.Warn("allow_missing_origin has no effect without allowed_origins")
 	}
 
-	if h.HandshakeRate != nil {
-		if h.limiter, h.limiterKey, err = acquireRateLimiter(h.HandshakeRate); err != nil {
+	if h.RateLimits != nil && h.RateLimits.Handshakes != nil {
+		if h.limiter, h.limiterKey, err = acquireRateLimiter(h.RateLimits.Handshakes); err != nil {
 			return err
 		}
 	}
@@ -244,57 +251,25 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 
+	// checkAlgorithm has refused unknown names and "none" in the
+	// configured list; the default list holds what keys verify.
 	h.methods = make(map[string]jwt.SigningMethod, len(algs))
 	for _, alg := range algs {
 		m := jwt.GetSigningMethod(alg)
-		if m == nil || m == jwt.SigningMethodNone {
-			return fmt.Errorf("algorithms: cannot accept %q", alg)
+		if m == nil {
+			return fmt.Errorf("algorithms: no implementation of %q", alg)
 		}
 		h.methods[alg] = m
 	}
 	return nil
 }
 
-// Validate checks the configuration for errors that Provision does not
-// already report.
+// Validate applies checkConfig again. Provision has already run it, first
+// and before anything is fetched, opened or started (Caddy calls Validate
+// after Provision), so under Caddy this finds nothing new; it answers
+// those who validate a handler without provisioning it.
 func (h *Handler) Validate() error {
-	if h.Reject != "" && h.Reject != "close" && h.Reject != "status" {
-		return fmt.Errorf("reject: must be close or status, not %q", h.Reject)
-	}
-	if h.MaxTokenSize < 0 || h.MaxTokenSize > maxMaxTokenSize {
-		return fmt.Errorf("max_token_size: must be between 1 byte and 1MiB")
-	}
-	if err := checkLeeway(time.Duration(h.Leeway)); err != nil {
-		return err
-	}
-	for _, s := range h.Scopes {
-		if s == "" || strings.ContainsAny(s, " \t") {
-			return fmt.Errorf("scopes: invalid scope %q", s)
-		}
-	}
-	for _, s := range h.sources {
-		if s.kind == sourceCookie && len(h.AllowedOrigins) == 0 {
-			// A cookie rides along with any cross-site WebSocket, so without an
-			// Origin check every page on the web could connect as the user.
-			return fmt.Errorf("token_source cookie: requires allowed_origins (cross-site WebSocket hijacking)")
-		}
-	}
-	return nil
-}
-
-// maxLeeway bounds leeway: beyond an hour of clock skew, exp no longer
-// means much.
-const maxLeeway = time.Hour
-
-// checkLeeway is the rule for leeway, for the Caddyfile and JSON alike.
-func checkLeeway(d time.Duration) error {
-	if d < 0 {
-		return fmt.Errorf("leeway: must not be negative")
-	}
-	if d > maxLeeway {
-		return fmt.Errorf("leeway: must be at most %s (a longer leeway makes exp meaningless)", maxLeeway)
-	}
-	return nil
+	return h.checkConfig()
 }
 
 // Cleanup releases what Provision took.

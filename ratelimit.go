@@ -16,6 +16,24 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
+// RateLimits holds the rate limits of a handler, one per kind of event,
+// as the Caddyfile's `rate_limit <kind> ...` options do.
+type RateLimits struct {
+	// Limits how often handshakes may be made, per client IP or per
+	// user. Default: no limit.
+	Handshakes *HandshakeRate `json:"handshakes,omitempty"`
+}
+
+// check applies the rules of each limit that is set.
+func (rl *RateLimits) check() error {
+	if rl.Handshakes != nil {
+		if err := rl.Handshakes.check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // HandshakeRate limits how often handshakes may be made, per client IP or
 // per user. A handshake over the limit is refused as rate_limited (close
 // 1013, or 429 with Retry-After).
@@ -67,11 +85,8 @@ type rateLimiter struct {
 }
 
 func newRateLimiter(cfg *HandshakeRate) (*rateLimiter, error) {
-	if err := checkRate(cfg.Events, time.Duration(cfg.Window)); err != nil {
-		return nil, fmt.Errorf("rate_limit handshakes: %v", err)
-	}
-	if cfg.Per != "" && cfg.Per != "ip" && cfg.Per != "user" {
-		return nil, fmt.Errorf("rate_limit handshakes: per must be ip or user, not %q", cfg.Per)
+	if err := cfg.check(); err != nil {
+		return nil, err
 	}
 	return &rateLimiter{
 		interval: int64(cfg.Window) / int64(cfg.Events),
@@ -80,6 +95,27 @@ func newRateLimiter(cfg *HandshakeRate) (*rateLimiter, error) {
 		seed:     maphash.MakeSeed(),
 		tat:      make(map[uint64]int64),
 	}, nil
+}
+
+// check applies the rules of a handshake rate: checkRate and
+// checkRatePer.
+func (hr *HandshakeRate) check() error {
+	if err := checkRate(hr.Events, time.Duration(hr.Window)); err != nil {
+		return fmt.Errorf("rate_limit handshakes: %v", err)
+	}
+	if err := checkRatePer(hr.Per); err != nil {
+		return fmt.Errorf("rate_limit handshakes: %v", err)
+	}
+	return nil
+}
+
+// checkRatePer is the rule for what a handshake rate is counted per; ""
+// is the default, ip.
+func checkRatePer(per string) error {
+	if per != "" && per != "ip" && per != "user" {
+		return fmt.Errorf("per must be ip or user, not %q", per)
+	}
+	return nil
 }
 
 // maxRateWindow keeps the limiter's arithmetic far from overflow.

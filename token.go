@@ -71,23 +71,21 @@ var defaultSources = []tokenSource{
 }
 
 // compileSources compiles the sources that are read from the request, and
-// first_message, which is tried after all of them.
+// first_message, which is tried after all of them. It applies
+// checkTokenSources first, so that it never compiles what the rules refuse.
 func compileSources(cfg []TokenSource) ([]tokenSource, *firstMessage, error) {
 	if len(cfg) == 0 {
 		return defaultSources, nil, nil
 	}
+	if err := checkTokenSources(cfg); err != nil {
+		return nil, nil, err
+	}
 	out := make([]tokenSource, 0, len(cfg))
 	var fm *firstMessage
 	for _, s := range cfg {
-		if err := checkTokenSource(s); err != nil {
-			return nil, nil, err
-		}
 		var ts tokenSource
 		switch s.Source {
 		case "first_message":
-			if fm != nil {
-				return nil, nil, fmt.Errorf("token_source first_message: given twice")
-			}
 			fm = &firstMessage{typ: cmpOr(s.Name, defaultFirstMessageType), timeout: time.Duration(s.Timeout)}
 			if fm.timeout <= 0 {
 				fm.timeout = defaultFirstMessageTimeout
@@ -103,17 +101,9 @@ func compileSources(cfg []TokenSource) ([]tokenSource, *firstMessage, error) {
 			}
 			ts = tokenSource{kind: sourceHeader, name: name, scheme: scheme}
 		case "cookie":
-			if s.Name == "" {
-				return nil, nil, fmt.Errorf("token_source cookie: missing cookie name")
-			}
 			ts = tokenSource{kind: sourceCookie, name: s.Name}
 		case "subprotocol":
 			ts = tokenSource{kind: sourceSubprotocol, name: cmpOr(s.Name, defaultMarker)}
-		default:
-			return nil, nil, fmt.Errorf("token_source: unknown source %q (want query, header, cookie, subprotocol or first_message)", s.Source)
-		}
-		if s.Scheme != "" && ts.kind != sourceHeader {
-			return nil, nil, fmt.Errorf("token_source %s: scheme applies to header only", s.Source)
 		}
 		out = append(out, ts)
 	}
@@ -121,10 +111,24 @@ func compileSources(cfg []TokenSource) ([]tokenSource, *firstMessage, error) {
 }
 
 // checkTokenSource applies the rules for a source's values, for the
-// Caddyfile and JSON alike: a header, cookie or subprotocol that no request
-// can carry is a configuration error, not a source that never yields. An
-// empty name is the default, except for a cookie (see compileSources).
+// Caddyfile and JSON alike: a known source; a header, cookie or
+// subprotocol that no request can carry is a configuration error, not a
+// source that never yields. An empty name is the default, except for a
+// cookie, which has none. checkTokenSources adds the rules across sources.
 func checkTokenSource(s TokenSource) error {
+	switch s.Source {
+	case "query", "first_message":
+	case "cookie":
+		if s.Name == "" {
+			return fmt.Errorf("token_source cookie: missing cookie name")
+		}
+	case "header", "subprotocol":
+	default:
+		return fmt.Errorf("token_source: unknown source %q (want query, header, cookie, subprotocol or first_message)", s.Source)
+	}
+	if s.Scheme != "" && s.Source != "header" {
+		return fmt.Errorf("token_source %s: scheme applies to header only", s.Source)
+	}
 	switch s.Source {
 	case "header":
 		if s.Name != "" && !httpguts.ValidHeaderFieldName(s.Name) {

@@ -50,12 +50,12 @@ func requestIn(method, target string) *http.Request {
 // alone: verify, authorize and admit give the reason the table says.
 func TestClaimRules(t *testing.T) {
 	h, _ := newHandler(t, &Handler{
-		Secrets:       []string{testSecret},
-		Issuers:       []string{"https://issuer.test"},
-		Audiences:     []string{"chat-api"},
-		Scopes:        []string{"chat:read"},
-		UserClaim:     "email",
-		HandshakeRate: &HandshakeRate{Events: 1, Window: caddy.Duration(time.Hour), Per: "user"},
+		Secrets:    []string{testSecret},
+		Issuers:    []string{"https://issuer.test"},
+		Audiences:  []string{"chat-api"},
+		Scopes:     []string{"chat:read"},
+		UserClaim:  "email",
+		RateLimits: &RateLimits{Handshakes: &HandshakeRate{Events: 1, Window: caddy.Duration(time.Hour), Per: "user"}},
 	})
 	good := func(mods ...func(jwt.MapClaims)) string {
 		base := []func(jwt.MapClaims){func(c jwt.MapClaims) {
