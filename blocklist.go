@@ -78,11 +78,10 @@ func (b *blockSet) blockedIP(ip string, now time.Time) bool {
 	if len(b.nets) == 0 {
 		return false
 	}
-	addr, err := netip.ParseAddr(ip)
-	if err != nil {
+	addr, ok := parseIP(ip)
+	if !ok {
 		return false
 	}
-	addr = addr.WithZone("").Unmap()
 	for _, bits := range b.bits {
 		if bits > addr.BitLen() {
 			continue
@@ -119,13 +118,72 @@ func parseIPEntry(value string) (netip.Prefix, error) {
 	return p.Masked(), nil
 }
 
-// parseBlocklist reads a blocklist; an error names the line.
-func parseBlocklist(r io.Reader) (*blockSet, error) {
-	b := &blockSet{
+func newBlockSet() *blockSet {
+	return &blockSet{
 		jti:  make(map[string]time.Time),
 		sub:  make(map[string]time.Time),
 		nets: make(map[netip.Prefix]time.Time),
 	}
+}
+
+// add puts an entry in the set, replacing one of the same kind and value.
+func (b *blockSet) add(kind, value string, expires time.Time) error {
+	switch kind {
+	case "jti":
+		b.jti[value] = expires
+	case "sub":
+		b.sub[value] = expires
+	case "ip":
+		p, err := parseIPEntry(value)
+		if err != nil {
+			return err
+		}
+		if _, seen := b.nets[p]; !seen && !slices.Contains(b.bits, p.Bits()) {
+			b.bits = append(b.bits, p.Bits())
+			slices.SortFunc(b.bits, func(x, y int) int { return y - x })
+		}
+		b.nets[p] = expires
+	default:
+		return fmt.Errorf("unknown kind %q (want jti, sub or ip)", kind)
+	}
+	return nil
+}
+
+// remove takes the entry of kind and value out, and reports whether there
+// was one.
+func (b *blockSet) remove(kind, value string) (bool, error) {
+	var found bool
+	switch kind {
+	case "jti":
+		_, found = b.jti[value]
+		delete(b.jti, value)
+	case "sub":
+		_, found = b.sub[value]
+		delete(b.sub, value)
+	case "ip":
+		p, err := parseIPEntry(value)
+		if err != nil {
+			return false, err
+		}
+		_, found = b.nets[p]
+		delete(b.nets, p)
+		if found {
+			for q := range b.nets {
+				if q.Bits() == p.Bits() {
+					return true, nil // the prefix length is still in use
+				}
+			}
+			b.bits = slices.DeleteFunc(b.bits, func(n int) bool { return n == p.Bits() })
+		}
+	default:
+		return false, fmt.Errorf("unknown kind %q (want jti, sub or ip)", kind)
+	}
+	return found, nil
+}
+
+// parseBlocklist reads a blocklist; an error names the line.
+func parseBlocklist(r io.Reader) (*blockSet, error) {
+	b := newBlockSet()
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 4096), maxBlocklistLine)
 	line := 0
@@ -142,28 +200,13 @@ func parseBlocklist(r io.Reader) (*blockSet, error) {
 		if !ok {
 			continue // blank or a comment
 		}
-		switch kind {
-		case "jti":
-			b.jti[value] = expires
-		case "sub":
-			b.sub[value] = expires
-		case "ip":
-			p, err := parseIPEntry(value)
-			if err != nil {
-				return nil, fmt.Errorf("line %d: %v", line, err)
-			}
-			if _, seen := b.nets[p]; !seen && !slices.Contains(b.bits, p.Bits()) {
-				b.bits = append(b.bits, p.Bits())
-			}
-			b.nets[p] = expires
-		default:
-			return nil, fmt.Errorf("line %d: unknown kind %q (want jti, sub or ip)", line, kind)
+		if err := b.add(kind, value, expires); err != nil {
+			return nil, fmt.Errorf("line %d: %v", line, err)
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("line %d: %v (lines are limited to %d bytes)", line+1, err, maxBlocklistLine)
 	}
-	slices.SortFunc(b.bits, func(x, y int) int { return y - x })
 	return b, nil
 }
 
@@ -257,11 +300,12 @@ func quotedValue(s string) (value, rest string, err error) {
 
 // blocklistFile is a blocklist file kept up to date.
 type blocklistFile struct {
-	path    string
-	cur     atomic.Pointer[blockSet]
-	seen    os.FileInfo        // of the version last read; only the watcher touches it
-	lastErr string             // of the last failed reload, logged once
-	cancel  context.CancelFunc // stops the watcher
+	subscribers // told of each version put in force after the first
+	path        string
+	cur         atomic.Pointer[blockSet]
+	seen        os.FileInfo        // of the version last read; only the watcher touches it
+	lastErr     string             // of the last failed reload, logged once
+	cancel      context.CancelFunc // stops the watcher
 }
 
 // logger is Caddy's current default logger: a pooled list outlives the
@@ -310,6 +354,16 @@ func acquireBlocklist(path string) (bf *blocklistFile, key string, err error) {
 func releaseBlocklist(key string) { _, _ = blocklists.Delete(key) }
 
 func (bf *blocklistFile) list() *blockSet { return bf.cur.Load() }
+
+// BlockedIP, BlockedToken and Subscribe make the file a Blocklist: lookups
+// read the version in force, without a lock.
+func (bf *blocklistFile) BlockedIP(ip string, now time.Time) bool {
+	return bf.list().blockedIP(ip, now)
+}
+
+func (bf *blocklistFile) BlockedToken(jti, user string, now time.Time) bool {
+	return bf.list().blockedToken(jti, user, now)
+}
 
 // watch reads the file again when it changes, until ctx is done.
 func (bf *blocklistFile) watch(ctx context.Context) {
@@ -382,6 +436,8 @@ func (bf *blocklistFile) reload() error {
 	if err != nil {
 		return err
 	}
-	bf.cur.Store(set)
+	if bf.cur.Swap(set) != nil {
+		bf.notify()
+	}
 	return nil
 }

@@ -336,27 +336,27 @@ func TestRateLimiter(t *testing.T) {
 	}
 	t0 := time.Unix(1_700_000_000, 0)
 	for i := 0; i < 3; i++ {
-		if ok, _ := l.allow("k", t0); !ok {
+		if ok, _ := l.Allow("k", t0); !ok {
 			t.Fatalf("event %d of the burst refused", i+1)
 		}
 	}
-	ok, wait := l.allow("k", t0)
+	ok, wait := l.Allow("k", t0)
 	if ok || wait != 20*time.Second {
 		t.Errorf("fourth event: ok=%v wait=%v, want refused for 20s", ok, wait)
 	}
-	if ok, _ := l.allow("k", t0.Add(20*time.Second)); !ok {
+	if ok, _ := l.Allow("k", t0.Add(20*time.Second)); !ok {
 		t.Errorf("event after the wait refused")
 	}
 	// A flood of distinct keys stays bounded.
 	for i := 0; i < maxRateKeys+1000; i++ {
-		l.allow(strconv.Itoa(i), t0)
+		l.Allow(strconv.Itoa(i), t0)
 	}
 	if n := len(l.tat); n > maxRateKeys {
 		t.Errorf("limiter holds %d keys, bound is %d", n, maxRateKeys)
 	}
 	// Keys idle since are forgotten first.
 	for i := 0; i < maxRateKeys; i++ {
-		l.allow("late"+strconv.Itoa(i), t0.Add(time.Hour))
+		l.Allow("late"+strconv.Itoa(i), t0.Add(time.Hour))
 	}
 	for _, k := range []string{"late0", "late" + strconv.Itoa(maxRateKeys/2), "late" + strconv.Itoa(maxRateKeys-1)} {
 		if _, ok := l.tat[maphash.String(l.seed, k)]; !ok {

@@ -136,8 +136,10 @@ type Handler struct {
 	methods      map[string]jwt.SigningMethod // the allowed algorithms
 	sources      []tokenSource
 	firstMsg     *firstMessage
-	limiter      *rateLimiter   // pooled: rateLimiters[limiterKey]
-	blocklist    *blocklistFile // pooled: blocklists[blocklistKey]
+	ipLimit      Limiter   // handshakes per client IP
+	userLimit    Limiter   // handshakes per user
+	blocklist    Blocklist // the file's entries and those added at run time
+	needIP       bool      // the client IP is looked up: a list or a limit per IP
 	limiterKey   string
 	blocklistKey string
 	origins      originMatcher
@@ -231,15 +233,29 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.logger.Warn("allow_missing_origin has no effect without allowed_origins")
 	}
 
+	h.ipLimit, h.userLimit = noLimit{}, noLimit{}
 	if h.RateLimits != nil && h.RateLimits.Handshakes != nil {
-		if h.limiter, h.limiterKey, err = acquireRateLimiter(h.RateLimits.Handshakes); err != nil {
+		l, key, err := acquireRateLimiter(h.RateLimits.Handshakes)
+		if err != nil {
 			return err
+		}
+		h.limiterKey = key
+		if l.perUser {
+			h.userLimit = l
+		} else {
+			h.ipLimit, h.needIP = l, true
 		}
 	}
+	// The entries added at run time (the admin API's) apply to every
+	// handler, next to the handler's own file.
+	h.blocklist = runtimeBlocklist
 	if h.BlocklistFile != "" {
-		if h.blocklist, h.blocklistKey, err = acquireBlocklist(h.BlocklistFile); err != nil {
+		bf, key, err := acquireBlocklist(h.BlocklistFile)
+		if err != nil {
 			return err
 		}
+		h.blocklistKey = key
+		h.blocklist = unionBlocklist{bf, runtimeBlocklist}
 	}
 
 	h.keys, err = loadKeys(ctx, h, h.logger)

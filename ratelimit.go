@@ -134,11 +134,11 @@ func checkRate(events int, window time.Duration) error {
 	return nil
 }
 
-// allow records an event for key at now, unless it is over the limit; then
+// Allow records an event for key at now, unless it is over the limit; then
 // it says how long until the next event would be allowed. Keys are kept as
 // 64-bit hashes, so that a long key (a user claim) costs no more memory
 // than a short one.
-func (l *rateLimiter) allow(key string, now time.Time) (bool, time.Duration) {
+func (l *rateLimiter) Allow(key string, now time.Time) (bool, time.Duration) {
 	n := now.UnixNano()
 	hk := maphash.String(l.seed, key)
 	l.mu.Lock()

@@ -343,7 +343,7 @@ func (h *Handler) checkToken(token string, id *identity) *refusal {
 // authorize checks that a verified identity may connect: neither its token
 // (jti) nor its user is blocked, and it grants every required scope.
 func (h *Handler) authorize(id *identity) *refusal {
-	if h.blocklist != nil && h.blocklist.list().blockedToken(id.claims.ID.s, id.user, now()) {
+	if h.blocklist.BlockedToken(id.claims.ID.s, id.user, now()) {
 		return refuseBlockedToken
 	}
 	for _, want := range h.Scopes {
@@ -357,10 +357,8 @@ func (h *Handler) authorize(id *identity) *refusal {
 // admit charges what an authorized handshake costs: the handshake rate of
 // its user.
 func (h *Handler) admit(id *identity) *refusal {
-	if h.limiter != nil && h.limiter.perUser {
-		if ok, wait := h.limiter.allow(userKey(id.claims.Issuer.s, id.user), now()); !ok {
-			return &refusal{reason: reasonRateLimited, detail: errRateUser, retry: wait}
-		}
+	if ok, wait := h.userLimit.Allow(userKey(id.claims.Issuer.s, id.user), now()); !ok {
+		return &refusal{reason: reasonRateLimited, detail: errRateUser, retry: wait}
 	}
 	return nil
 }

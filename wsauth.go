@@ -174,17 +174,15 @@ func (h *Handler) checkClient(r *http.Request) *refusal {
 			return refuseOriginNotAllow
 		}
 	}
-	if h.blocklist == nil && (h.limiter == nil || h.limiter.perUser) {
-		return nil
-	}
 	ip := clientIP(r)
-	if h.blocklist != nil && h.blocklist.list().blockedIP(ip, now()) {
+	if h.blocklist.BlockedIP(ip, now()) {
 		return refuseBlockedIP
 	}
-	if h.limiter != nil && !h.limiter.perUser {
-		if ok, wait := h.limiter.allow(ipKey(ip), now()); !ok {
-			return &refusal{reason: reasonRateLimited, detail: errRateIP, retry: wait}
-		}
+	if !h.needIP {
+		return nil
+	}
+	if ok, wait := h.ipLimit.Allow(ipKey(ip), now()); !ok {
+		return &refusal{reason: reasonRateLimited, detail: errRateIP, retry: wait}
 	}
 	return nil
 }

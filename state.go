@@ -1,0 +1,178 @@
+package wsauth
+
+import (
+	"net/netip"
+	"sync"
+	"time"
+)
+
+// The state a decision consults, behind small interfaces: the blocklist
+// file is one source of entries, the in-memory list that the admin API
+// writes is another, and a store shared by a fleet (Redis) can implement
+// both interfaces. Callers never branch on whether a list or a limit is
+// configured: an absent one is a value that blocks nothing and allows
+// everything.
+
+// A Blocklist says whether a token (jti), a user or a client IP is
+// blocked at a given time, and tells its subscribers when its entries
+// change, so that live connections can be checked again.
+type Blocklist interface {
+	BlockedIP(ip string, now time.Time) bool
+	BlockedToken(jti, user string, now time.Time) bool
+	// Subscribe calls fn after each change of the entries, on a goroutine
+	// of the list's own, until cancel is called.
+	Subscribe(fn func()) (cancel func())
+}
+
+// A Limiter counts events by key: Allow reports whether one more event of
+// key may happen at now, and if not, how long until one may.
+type Limiter interface {
+	Allow(key string, now time.Time) (ok bool, retry time.Duration)
+}
+
+// noBlocklist blocks nothing.
+type noBlocklist struct{}
+
+func (noBlocklist) BlockedIP(string, time.Time) bool            { return false }
+func (noBlocklist) BlockedToken(string, string, time.Time) bool { return false }
+func (noBlocklist) Subscribe(func()) func()                     { return func() {} }
+
+// noLimit allows everything.
+type noLimit struct{}
+
+func (noLimit) Allow(string, time.Time) (bool, time.Duration) { return true, 0 }
+
+// unionBlocklist is the union of several lists: an entry of any of them blocks.
+type unionBlocklist []Blocklist
+
+func (bs unionBlocklist) BlockedIP(ip string, now time.Time) bool {
+	for _, b := range bs {
+		if b.BlockedIP(ip, now) {
+			return true
+		}
+	}
+	return false
+}
+
+func (bs unionBlocklist) BlockedToken(jti, user string, now time.Time) bool {
+	for _, b := range bs {
+		if b.BlockedToken(jti, user, now) {
+			return true
+		}
+	}
+	return false
+}
+
+func (bs unionBlocklist) Subscribe(fn func()) func() {
+	cancels := make([]func(), len(bs))
+	for i, b := range bs {
+		cancels[i] = b.Subscribe(fn)
+	}
+	return func() {
+		for _, c := range cancels {
+			c()
+		}
+	}
+}
+
+// subscribers is a set of change callbacks, for a Blocklist to embed.
+type subscribers struct {
+	mu   sync.Mutex
+	next int
+	fns  map[int]func()
+}
+
+func (s *subscribers) Subscribe(fn func()) func() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.fns == nil {
+		s.fns = make(map[int]func())
+	}
+	id := s.next
+	s.next++
+	s.fns[id] = fn
+	return func() {
+		s.mu.Lock()
+		delete(s.fns, id)
+		s.mu.Unlock()
+	}
+}
+
+// notify calls every subscriber, each on a goroutine of its own, so that a
+// slow one delays neither the list nor the others.
+func (s *subscribers) notify() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, fn := range s.fns {
+		go fn()
+	}
+}
+
+// An Entry is one blocklist entry.
+type Entry struct {
+	Kind    string    // jti, sub or ip
+	Value   string    // the token ID, the user, or an address or CIDR
+	Expires time.Time // zero: never
+	Reason  string
+}
+
+// memoryBlocklist is a blocklist kept in memory, written at run time (by
+// the admin API): entries are added and removed one by one, and expire.
+type memoryBlocklist struct {
+	subscribers
+	mu  sync.RWMutex
+	set *blockSet
+}
+
+func newMemoryBlocklist() *memoryBlocklist {
+	return &memoryBlocklist{set: newBlockSet()}
+}
+
+// Add puts e in force, replacing an entry of the same kind and value.
+func (m *memoryBlocklist) Add(e Entry) error {
+	m.mu.Lock()
+	err := m.set.add(e.Kind, e.Value, e.Expires)
+	m.mu.Unlock()
+	if err == nil {
+		m.notify()
+	}
+	return err
+}
+
+// Remove takes the entry of kind and value out, and reports whether there
+// was one.
+func (m *memoryBlocklist) Remove(kind, value string) (bool, error) {
+	m.mu.Lock()
+	found, err := m.set.remove(kind, value)
+	m.mu.Unlock()
+	if found {
+		m.notify()
+	}
+	return found, err
+}
+
+func (m *memoryBlocklist) BlockedIP(ip string, now time.Time) bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.set.blockedIP(ip, now)
+}
+
+func (m *memoryBlocklist) BlockedToken(jti, user string, now time.Time) bool {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	return m.set.blockedToken(jti, user, now)
+}
+
+// runtimeBlocklist holds the entries added at run time, shared by every
+// handler of the process and kept across config reloads.
+var runtimeBlocklist = newMemoryBlocklist()
+
+// parseIP parses a client address for a lookup: zone dropped, IPv4-mapped
+// IPv6 as IPv4.
+func parseIP(ip string) (netip.Addr, bool) {
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return netip.Addr{}, false
+	}
+	return addr.WithZone("").Unmap(), true
+}
