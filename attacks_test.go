@@ -181,19 +181,6 @@ var attackerKeys = sync.OnceValue(func() *keySet {
 	return &keySet{rsa: rk, ec: ek}
 })
 
-const (
-	atkIssuer   = "https://issuer.test"
-	atkAudience = "chat-api"
-)
-
-// atkClaims are valid claims for the RSA config: issuer and audience set.
-func atkClaims(mods ...func(jwt.MapClaims)) jwt.MapClaims {
-	return claims("alice", append([]func(jwt.MapClaims){func(c jwt.MapClaims) {
-		c["iss"] = atkIssuer
-		c["aud"] = atkAudience
-	}}, mods...)...)
-}
-
 func claimSet(k string, v any) func(jwt.MapClaims) { return func(c jwt.MapClaims) { c[k] = v } }
 func claimDel(k string) func(jwt.MapClaims)        { return func(c jwt.MapClaims) { delete(c, k) } }
 
@@ -202,20 +189,6 @@ func claimDel(k string) func(jwt.MapClaims)        { return func(c jwt.MapClaims
 func rawPayload(k, v string) string {
 	c := atkClaims(claimSet(k, "@@@"))
 	return strings.Replace(mustJSON(c), `"@@@"`, v, 1)
-}
-
-// rsaSite is the main attack target: only an RSA public key.
-func rsaSite(pemFile, opts string) string {
-	return `
-	ws_auth {
-		public_key ` + pemFile + `
-		issuer ` + atkIssuer + `
-		audience ` + atkAudience + `
-		` + opts + `
-	}
-	reverse_proxy %UPSTREAM% {
-		header_up X-User {http.auth.user.id}
-	}`
 }
 
 // TestAttackTokens sends each attack to a config whose only key is an RSA
@@ -244,7 +217,7 @@ func TestAttackTokens(t *testing.T) {
 		// Controls: the key does verify what it should.
 		{"valid RS256", good, "accepted"},
 		{"valid PS256 (default: every alg the key can verify)", sign(t, jwt.SigningMethodPS256, keys.rsa, atkClaims(), ""), "accepted"},
-		{"aud array holding the accepted audience", rs(atkClaims(claimSet("aud", []string{"other-api", atkAudience}))), "accepted"},
+		{"aud array holding the accepted audience", rs(atkClaims(claimSet("aud", []string{"other-api", testAudience}))), "accepted"},
 		// A kid names a key among several; a PEM key has no kid to match,
 		// so the kid is no reason to refuse a token the key verifies (IdPs
 		// put a kid in every token, and users configure their PEM key).

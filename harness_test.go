@@ -35,6 +35,12 @@ import (
 
 const testSecret = "test-secret-that-is-long-enough-for-hs256!"
 
+// The issuer and audience that valid claims carry and checked sites ask for.
+const (
+	testIssuer   = "https://issuer.test"
+	testAudience = "chat-api"
+)
+
 // caddyMu serialises tests that load a Caddy: there is one per process.
 var caddyMu sync.Mutex
 
@@ -255,11 +261,7 @@ func writePublicPEM(t testing.TB, pub any) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := filepath.Join(t.TempDir(), "pub.pem")
-	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return writePEM(t, "PUBLIC KEY", der)
 }
 
 // claims returns typical valid claims for user.
@@ -299,4 +301,82 @@ func hs256(t testing.TB, c jwt.MapClaims) string {
 func mustJSON(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
+}
+
+// site is a ws_auth block in front of reverse_proxy with the options given.
+func site(opts string) string {
+	return `
+	ws_auth {
+		secret ` + testSecret + `
+		` + opts + `
+	}
+	reverse_proxy %UPSTREAM% {
+		header_up X-User {http.auth.user.id}
+		header_up X-Scopes {ws_auth.scopes}
+		header_up X-Jti {ws_auth.jti}
+		header_up X-Expires {ws_auth.expires}
+		header_up X-Source {ws_auth.token_source}
+		header_up X-Org {ws_auth.claims.org.id}
+		header_up X-Roles {ws_auth.claims.roles}
+		header_up X-Num {ws_auth.claims.num}
+	}`
+}
+
+const checks = `
+		issuer https://issuer.test
+		audience chat-api
+		scopes chat:read
+		allowed_origins https://app.test https://*.example.test
+		max_token_size 2KiB`
+
+// valid returns claims that pass every check in checks.
+func valid(user string, mods ...func(jwt.MapClaims)) jwt.MapClaims {
+	base := []func(jwt.MapClaims){func(c jwt.MapClaims) {
+		c["iss"] = testIssuer
+		c["aud"] = testAudience
+	}}
+	return claims(user, append(base, mods...)...)
+}
+
+// atkClaims are valid claims of alice for the RSA config (rsaSite).
+func atkClaims(mods ...func(jwt.MapClaims)) jwt.MapClaims {
+	return valid("alice", mods...)
+}
+
+// rsaSite is the main attack target: only an RSA public key.
+func rsaSite(pemFile, opts string) string {
+	return `
+	ws_auth {
+		public_key ` + pemFile + `
+		issuer ` + testIssuer + `
+		audience ` + testAudience + `
+		` + opts + `
+	}
+	reverse_proxy %UPSTREAM% {
+		header_up X-User {http.auth.user.id}
+	}`
+}
+
+// jwksSite is ws_auth with one remote key set and opts, in front of the
+// upstream.
+func jwksSite(url, refresh, opts string) string {
+	return `
+	ws_auth {
+		jwks ` + url + ` {
+			refresh ` + refresh + `
+			timeout 2s
+		}
+		` + opts + `
+	}
+	reverse_proxy %UPSTREAM%`
+}
+
+// writePEM writes one PEM block to a file and returns its path.
+func writePEM(t testing.TB, typ string, der []byte) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "key.pem")
+	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -127,20 +127,6 @@ func init() {
 	minJWKSRefresh = 50 * time.Millisecond
 }
 
-// jwksSite is ws_auth with one remote key set and opts, in front of the
-// upstream.
-func jwksSite(url, refresh, opts string) string {
-	return `
-	ws_auth {
-		jwks ` + url + ` {
-			refresh ` + refresh + `
-			timeout 2s
-		}
-		` + opts + `
-	}
-	reverse_proxy %UPSTREAM%`
-}
-
 // rotationKeys are trusted RSA keys besides testKeys().rsa, generated once.
 var rotationKeys = sync.OnceValue(func() []*rsa.PrivateKey {
 	var ks []*rsa.PrivateKey

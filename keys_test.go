@@ -7,7 +7,6 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"io"
 	"math/big"
 	"os"
@@ -18,16 +17,6 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 )
-
-// writePEM writes one PEM block to a file and returns its path.
-func writePEM(t *testing.T, typ string, der []byte) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "key.pem")
-	if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
 
 func selfSigned(t *testing.T, pub, priv any) []byte {
 	t.Helper()

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"golang.org/x/net/http/httpguts"
 )
 
@@ -224,4 +226,68 @@ func awaitClose(br io.Reader) {
 			return
 		}
 	}
+}
+
+// checkHandshake returns the status that refuses a WebSocket handshake no
+// server may accept (RFC 6455, section 4.2.1), or 0: 400 for an upgrade
+// over HTTP/1.0, 426 for a version other than 13 (RFC 8441 carries the
+// version over HTTP/2 too).
+func checkHandshake(req *http.Request) int {
+	version := req.Header["Sec-Websocket-Version"]
+	if isExtendedConnect(req) {
+		if len(version) > 0 && (len(version) > 1 || version[0] != "13") {
+			return http.StatusUpgradeRequired
+		}
+		return 0
+	}
+	if !req.ProtoAtLeast(1, 1) {
+		return http.StatusBadRequest
+	}
+	if len(version) != 1 || version[0] != "13" {
+		return http.StatusUpgradeRequired
+	}
+	return 0
+}
+
+// refuseHandshake answers a handshake that checkHandshake refused; a 426
+// names the version this server speaks (RFC 6455, section 4.4).
+func (h *Handler) refuseHandshake(w http.ResponseWriter, r *http.Request, status int) error {
+	if c := h.logger.Check(zapcore.DebugLevel, "not a websocket handshake"); c != nil {
+		c.Write(zap.Int("status", status), zap.String("remote_ip", clientIP(r)),
+			zap.String("proto", r.Proto), zap.String("path", truncate(r.URL.Path, 200)))
+	}
+	if status == http.StatusUpgradeRequired {
+		w.Header().Set("Sec-WebSocket-Version", "13")
+	}
+	w.WriteHeader(status)
+	return nil
+}
+
+// isUpgrade reports whether req asks for a WebSocket: an HTTP/1.1 upgrade,
+// or an extended CONNECT over HTTP/2 or HTTP/3 (RFC 8441, RFC 9220), which
+// reverse_proxy turns into an upgrade to the upstream.
+func isUpgrade(req *http.Request) bool {
+	return headerHasToken(req.Header["Upgrade"], "websocket") && headerHasToken(req.Header["Connection"], "upgrade") ||
+		isExtendedConnect(req)
+}
+
+// isExtendedConnect reports whether req is a WebSocket over HTTP/2 or
+// HTTP/3, as reverse_proxy recognises it.
+func isExtendedConnect(req *http.Request) bool {
+	return req.Method == http.MethodConnect &&
+		(req.ProtoMajor == 2 && req.Header.Get(":protocol") == "websocket" ||
+			req.ProtoMajor == 3 && req.Proto == "websocket")
+}
+
+func headerHasToken(lines []string, token string) bool {
+	for _, line := range lines {
+		for line != "" {
+			var t string
+			t, line, _ = strings.Cut(line, ",")
+			if strings.EqualFold(strings.TrimSpace(t), token) {
+				return true
+			}
+		}
+	}
+	return false
 }

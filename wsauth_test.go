@@ -11,41 +11,6 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 )
 
-// site is a ws_auth block in front of reverse_proxy with the options given.
-func site(opts string) string {
-	return `
-	ws_auth {
-		secret ` + testSecret + `
-		` + opts + `
-	}
-	reverse_proxy %UPSTREAM% {
-		header_up X-User {http.auth.user.id}
-		header_up X-Scopes {ws_auth.scopes}
-		header_up X-Jti {ws_auth.jti}
-		header_up X-Expires {ws_auth.expires}
-		header_up X-Source {ws_auth.token_source}
-		header_up X-Org {ws_auth.claims.org.id}
-		header_up X-Roles {ws_auth.claims.roles}
-		header_up X-Num {ws_auth.claims.num}
-	}`
-}
-
-const checks = `
-		issuer https://issuer.test
-		audience chat-api
-		scopes chat:read
-		allowed_origins https://app.test https://*.example.test
-		max_token_size 2KiB`
-
-// valid returns claims that pass every check in checks.
-func valid(user string, mods ...func(jwt.MapClaims)) jwt.MapClaims {
-	base := []func(jwt.MapClaims){func(c jwt.MapClaims) {
-		c["iss"] = "https://issuer.test"
-		c["aud"] = "chat-api"
-	}}
-	return claims(user, append(base, mods...)...)
-}
-
 // TestRejections checks each reason of the table, in both modes, through
 // a real Caddy: the close code a browser reads, or the HTTP status and its
 // WWW-Authenticate header; and that nothing reached the upstream.

@@ -1,0 +1,31 @@
+// Package wsauth is the ws_auth handler for Caddy: it authenticates
+// WebSocket handshakes with a JWT (or a first message) before the next
+// handler, usually reverse_proxy, dials the upstream; refuses clients with
+// close codes a browser can read; and hands the claims on as placeholders.
+//
+// One request is decided in ServeHTTP (wsauth.go), in this order:
+//
+//	checkHandshake          a WebSocket no server may accept: 400/426 (stream.go)
+//	checkClient             origin, client IP on the Blocklist, rate per IP (wsauth.go)
+//	extract                 the token from the first source that has one (token.go)
+//	serveFirstMessage       or: answer the handshake, read the token from the stream (firstmsg.go)
+//	checkToken              verify (signature, claims, user), authorize (blocklist,
+//	                        scopes), admit (rate per user) (verify.go)
+//	accepted / strip        placeholders set, token removed, next handler runs
+//
+// Every check returns a *refusal; h.refuse (reject.go) is the one way a
+// request is refused: it logs (log.go), marks Caddy's access log, and
+// answers with a status, or with a Close frame on a clientStream
+// (stream.go): the module's own side of a WebSocket, over HTTP/1.1, HTTP/2
+// and HTTP/3 alike.
+//
+// Configuration: the Handler fields (module.go) are checked once by
+// checkConfig (config.go) before anything is fetched or started, from JSON
+// and from the Caddyfile (caddyfile.go, which adds the line). Keys are in
+// keys.go and jwks.go, origins in origin.go, frames in frame.go. The state a
+// decision consults is behind the Blocklist and Limiter interfaces
+// (state.go): the blocklist file (blocklist.go) and the in-memory list of
+// entries added at run time implement Blocklist; the GCRA limiter
+// (ratelimit.go) implements Limiter. The lists, the limiters and remote key
+// sets belong to the process, kept across config reloads.
+package wsauth
