@@ -92,7 +92,7 @@ func docBlocks(t *testing.T, file string) []docBlock {
 		if cur != nil {
 			if strings.TrimSpace(line) == "```" {
 				cur.body = body.String()
-				if cur.lang == "caddyfile" || cur.lang == "json" {
+				if cur.lang == "caddyfile" || cur.lang == "json" || cur.lang == "blocklist" {
 					blocks = append(blocks, *cur)
 				}
 				cur = nil
@@ -256,7 +256,7 @@ func indent(s string) string {
 	return strings.Join(lines, "")
 }
 
-// TestREADMEBlocks adapts and validates every Caddyfile and JSON example
+// TestREADMEBlocks adapts and validates every Caddyfile and JSON example, and parses every blocklist example,
 // of the README, and example.Caddyfile, by the rules at the top of this
 // file.
 func TestREADMEBlocks(t *testing.T) {
@@ -272,6 +272,17 @@ func TestREADMEBlocks(t *testing.T) {
 		t.Run(b.name(), func(t *testing.T) {
 			if b.skip != "" {
 				t.Skipf("not validated: %s", b.skip)
+			}
+			if b.lang == "blocklist" {
+				// A blocklist file, parsed as blocklist_file reads it.
+				set, err := parseBlocklist(strings.NewReader(b.body))
+				if err != nil {
+					t.Fatalf("blocklist block: %v", err)
+				}
+				if len(set.jti)+len(set.sub)+len(set.nets) == 0 {
+					t.Errorf("blocklist block holds no entry")
+				}
+				return
 			}
 			s := newDocStandIns(t)
 			body, remote := s.apply(b.body)
@@ -293,7 +304,7 @@ func TestREADMEBlocks(t *testing.T) {
 		}
 	}
 	// The extraction itself must not silently find nothing.
-	if validated["caddyfile"] < 2 || validated["json"] < 1 {
+	if validated["caddyfile"] < 2 || validated["json"] < 1 || validated["blocklist"] < 1 {
 		t.Errorf("validated %v blocks: the README's examples were not found", validated)
 	}
 }
