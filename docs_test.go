@@ -256,9 +256,9 @@ func indent(s string) string {
 	return strings.Join(lines, "")
 }
 
-// TestREADMEBlocks adapts and validates every Caddyfile and JSON example, and parses every blocklist example,
+// TestREADMEBlocks adapts and validates every Caddyfile and JSON example
 // of the README, and example.Caddyfile, by the rules at the top of this
-// file.
+// file, and parses every blocklist example as blocklist_file reads it.
 func TestREADMEBlocks(t *testing.T) {
 	blocks := docBlocks(t, "README.md")
 	example, err := os.ReadFile("example.Caddyfile")
