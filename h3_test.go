@@ -2,11 +2,9 @@ package wsauth
 
 import (
 	"crypto/tls"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"testing"
 	"time"
 
@@ -70,42 +68,10 @@ https://127.0.0.1:%d {
 
 	tr := &http3.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h3"}}}
 	defer tr.Close()
-	// Wait until the HTTP/3 listener answers.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		u, _ := url.Parse(fmt.Sprintf("https://127.0.0.1:%d/", port))
-		resp, err := tr.RoundTrip(&http.Request{Method: http.MethodGet, URL: u, Host: u.Host, Header: http.Header{}})
-		if err == nil {
-			resp.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("HTTP/3 listener: %v", err)
-		}
-	}
+	waitAnswers(t, tr, port)
 	connect := func(path string) (*http.Response, *io.PipeWriter) {
 		t.Helper()
-		pr, pw := io.Pipe()
-		u, _ := url.Parse(fmt.Sprintf("https://127.0.0.1:%d%s", port, path))
-		req := &http.Request{Method: http.MethodConnect, Proto: "websocket", URL: u, Host: u.Host,
-			Header: http.Header{"Sec-Websocket-Version": {"13"}}, Body: pr}
-		resp, err := tr.RoundTrip(req)
-		if err != nil {
-			t.Fatalf("HTTP/3 CONNECT %s: %v", path, err)
-		}
-		return resp, pw
-	}
-	// readFrame reads one unmasked server frame: opcode and payload.
-	readFrame := func(r io.Reader) (byte, []byte) {
-		t.Helper()
-		var h [2]byte
-		if _, err := io.ReadFull(r, h[:]); err != nil {
-			t.Fatalf("reading a frame: %v", err)
-		}
-		p := make([]byte, h[1]&0x7f)
-		if _, err := io.ReadFull(r, p); err != nil {
-			t.Fatalf("reading a frame: %v", err)
-		}
-		return h[0] & 0x0f, p
+		return extendedConnect(t, tr, port, path, true)
 	}
 	closeOf := func(path string) string {
 		resp, pw := connect(path)
@@ -114,11 +80,7 @@ https://127.0.0.1:%d {
 		if resp.StatusCode != http.StatusOK {
 			return fmt.Sprintf("status %d", resp.StatusCode)
 		}
-		op, p := readFrame(resp.Body)
-		if op != opClose || len(p) < 2 {
-			return fmt.Sprintf("frame op %d % x", op, p)
-		}
-		return fmt.Sprintf("close %d %s", binary.BigEndian.Uint16(p), p[2:])
+		return closeFrame(readServerFrame(t, resp.Body))
 	}
 
 	if got := closeOf("/only/ws"); got != "close 1008 missing" {
@@ -145,7 +107,7 @@ https://127.0.0.1:%d {
 	if _, err := pw.Write([]byte{0x81, 0x82, 1, 2, 3, 4, 'h' ^ 1, 'i' ^ 2}); err != nil {
 		t.Fatal(err)
 	}
-	if op, p := readFrame(resp.Body); op != opText || string(p) != "hi" {
+	if op, p := readServerFrame(t, resp.Body); op != opText || string(p) != "hi" {
 		t.Errorf("echo over HTTP/3: op %d %q", op, p)
 	}
 	if r := up.requests(); len(r) != 1 || r[0].Header.Get("X-User") != "alice" {
@@ -156,73 +118,5 @@ https://127.0.0.1:%d {
 
 	// first_message over HTTP/3: the module answers the CONNECT, reads the
 	// auth message from the stream, and hands the stream to reverse_proxy.
-	resp, pw = connect("/first/ws")
-	defer pw.Close()
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("first_message over HTTP/3: status %d", resp.StatusCode)
-	}
-	// The auth message and the first app message at once.
-	auth := maskedText(`{"type":"auth","token":"` + hs256(t, claims("bob")) + `"}`)
-	if _, err := pw.Write(append(auth, maskedText("hello")...)); err != nil {
-		t.Fatal(err)
-	}
-	if op, p := readFrame(resp.Body); op != opText || string(p) != "hello" {
-		t.Errorf("first_message echo over HTTP/3: op %d %q", op, p)
-	}
-	if r := up.requests(); len(r) != 2 || r[1].Header.Get("X-User") != "bob" {
-		t.Errorf("upstream requests %v, want a second one with X-User bob", r)
-	}
-	closeAndDrain(t, pw, resp.Body)
-
-	resp, pw = connect("/first/ws")
-	defer pw.Close()
-	defer resp.Body.Close()
-	if _, err := pw.Write(maskedText(`{"type":"auth","token":"` + hs256(t, claims("bob")) + `x"}`)); err != nil {
-		t.Fatal(err)
-	}
-	if op, p := readFrame(resp.Body); op != opClose || len(p) < 2 || binary.BigEndian.Uint16(p) != 1008 {
-		t.Errorf("first_message over HTTP/3 with a forged token: op %d % x, want close 1008", op, p)
-	}
-	if n := len(up.requests()); n != 2 {
-		t.Errorf("a forged first-message token reached the upstream (%d requests)", n)
-	}
-}
-
-// maskedText is a client text frame (masked, as RFC 6455 requires) holding
-// s, at most 64 KiB.
-func maskedText(s string) []byte {
-	mask := [4]byte{1, 2, 3, 4}
-	b := []byte{0x81}
-	if len(s) < 126 {
-		b = append(b, 0x80|byte(len(s)))
-	} else {
-		b = append(b, 0x80|126, byte(len(s)>>8), byte(len(s)))
-	}
-	b = append(b, mask[:]...)
-	for i := 0; i < len(s); i++ {
-		b = append(b, s[i]^mask[i&3])
-	}
-	return b
-}
-
-// closeAndDrain closes a WebSocket over an HTTP/3 stream and waits for the
-// stream to end, so that the tunnel is gone before Caddy stops (its
-// reverse_proxy cleanup of a live HTTP/3 tunnel races with the tunnel's
-// own writes).
-func closeAndDrain(t *testing.T, pw *io.PipeWriter, body io.Reader) {
-	t.Helper()
-	if _, err := pw.Write([]byte{0x88, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xe8 ^ 2}); err != nil {
-		t.Fatal(err)
-	}
-	drained := make(chan error, 1)
-	go func() {
-		_, err := io.Copy(io.Discard, body)
-		drained <- err
-	}()
-	select {
-	case <-drained:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the HTTP/3 WebSocket stream did not end after the Close handshake")
-	}
+	checkFirstMessageOverStream(t, tr, port, "/first/ws", true, up)
 }
