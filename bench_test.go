@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/rsa"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"testing"
 	"time"
 
@@ -170,4 +172,98 @@ func BenchmarkPlaceholders(b *testing.B) {
 			b.Fatal(v)
 		}
 	}
+}
+
+// BenchmarkHandshakeFresh is BenchmarkHandshake as Caddy runs it: every
+// handshake on a goroutine of its own (net/http serves each connection on a
+// new one, whose stack starts small and grows by copying), below a caller
+// chain about as deep as Caddy's, each with a token of its own (distinct sub
+// and jti, freshCount of them in turn, so that neither the tokens nor the
+// decoder's state stay warm in the caches). The "floor" is the same
+// goroutine and request with nothing but the next handler: subtract it to
+// get what ws_auth adds.
+func BenchmarkHandshakeFresh(b *testing.B) {
+	const freshCount = 1024
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	b.Run("floor", func(b *testing.B) {
+		benchFresh(b, []string{"/ws"}, func(w http.ResponseWriter, r *http.Request) error {
+			return next.ServeHTTP(w, r)
+		})
+	})
+	for _, alg := range benchAlgs(b) {
+		h := &Handler{
+			TokenSources:   []TokenSource{{Source: "query"}},
+			Issuers:        []string{"bench-issuer"},
+			Audiences:      []string{"bench-aud"},
+			AllowedOrigins: []string{"http://bench.localhost"},
+		}
+		switch alg.verify.(type) {
+		case []byte:
+			h.Secrets = []string{alg.config}
+		case *rsa.PublicKey, *ecdsa.PublicKey:
+			h.PublicKeys = []string{alg.config}
+		}
+		provisioned(b, h)
+		targets := make([]string, freshCount)
+		for i := range targets {
+			c := benchClaims()
+			c["sub"] = "user-" + strconv.Itoa(i)
+			c["jti"] = fmt.Sprintf("%08x-3b1d-4c59-9a77-0d1f4e8b2c31", i)
+			targets[i] = "/ws?token=" + sign(b, alg.method, alg.signer, c, "")
+		}
+		b.Run(alg.name+"/ws_auth", func(b *testing.B) {
+			benchFresh(b, targets, func(w http.ResponseWriter, r *http.Request) error {
+				return h.ServeHTTP(w, r, next)
+			})
+		})
+	}
+}
+
+// freshDepth is about the stack Caddy's connection goroutine has used when
+// a handler runs (net/http's conn.serve, Caddy's server, routes and
+// middleware wrappers).
+const freshDepth = 6 << 10
+
+// benchFresh serves one request per iteration on a new goroutine, below
+// freshDepth bytes of stack, the targets in turn.
+func benchFresh(b *testing.B, targets []string, serve func(http.ResponseWriter, *http.Request) error) {
+	const batch = 1024
+	reqs := make([]*http.Request, 0, batch)
+	done := make(chan error)
+	w := httptest.NewRecorder()
+	t := 0
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if len(reqs) == 0 {
+			b.StopTimer()
+			for range batch {
+				reqs = append(reqs, upgradeRequest(targets[t%len(targets)]))
+				t++
+			}
+			b.StartTimer()
+		}
+		r := reqs[len(reqs)-1]
+		reqs = reqs[:len(reqs)-1]
+		go func() { done <- deepCall(freshDepth, func() error { return serve(w, r) }) }()
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// deepCall calls fn below about depth bytes of stack frames.
+//
+//go:noinline
+func deepCall(depth int, fn func() error) error {
+	var pad [256]byte
+	if depth <= len(pad) {
+		return fn()
+	}
+	err := deepCall(depth-len(pad)-64, fn)
+	pad[depth%len(pad)] = byte(depth) // keep pad on the stack
+	if pad[0] == 1 && err == nil {
+		return nil
+	}
+	return err
 }
