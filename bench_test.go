@@ -179,12 +179,16 @@ func BenchmarkPlaceholders(b *testing.B) {
 // new one, whose stack starts small and grows by copying), below a caller
 // chain about as deep as Caddy's, each with a token of its own (distinct sub
 // and jti, freshCount of them in turn, so that neither the tokens nor the
-// decoder's state stay warm in the caches). The "floor" is the same
-// goroutine and request with nothing but the next handler: subtract it to
+// decoder's state stay warm in the caches). The next handler goes as deep
+// as reverse_proxy does after it, so that the stack grows in every
+// iteration, as in Caddy, whoever first needs the room. The "floor" is the
+// same goroutine, request and next handler without ws_auth: subtract it to
 // get what ws_auth adds.
 func BenchmarkHandshakeFresh(b *testing.B) {
 	const freshCount = 1024
-	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+		return deepCall(proxyDepth, func() error { return nil })
+	})
 	b.Run("floor", func(b *testing.B) {
 		benchFresh(b, []string{"/ws"}, func(w http.ResponseWriter, r *http.Request) error {
 			return next.ServeHTTP(w, r)
@@ -223,6 +227,11 @@ func BenchmarkHandshakeFresh(b *testing.B) {
 // a handler runs (net/http's conn.serve, Caddy's server, routes and
 // middleware wrappers).
 const freshDepth = 6 << 10
+
+// proxyDepth is about the stack reverse_proxy adds below it for an upgrade
+// (its round trip and handleUpgradeResponse, where Caddy's stack grows with
+// or without ws_auth in front).
+const proxyDepth = 8 << 10
 
 // benchFresh serves one request per iteration on a new goroutine, below
 // freshDepth bytes of stack, the targets in turn.

@@ -10,10 +10,9 @@ import (
 // strictObject reads the JSON object in b as RFC 7519 and RFC 7515 want a
 // token's header and claims read, stricter than encoding/json:
 //
-//   - b is one valid JSON value (encoding/json's scanner decides), an
-//     object, and valid UTF-8, escapes included (a lone surrogate such as
-//     "\ud800" is refused, where encoding/json would put U+FFFD in its
-//     place);
+//   - b is one valid JSON object (RFC 8259) and valid UTF-8, escapes
+//     included: a lone surrogate such as "\ud800" is refused, where
+//     encoding/json would put U+FFFD in its place;
 //   - no object, at any depth, has two members of the same name, once
 //     escapes are undone ("sub" and "s\u0075b" are the same name);
 //   - names are handed over exactly as written (unescaped), so that a
@@ -22,17 +21,26 @@ import (
 //
 // member is called for every member of the top-level object, in order,
 // with its name and its value as raw JSON; an error from it ends the read.
-// Objects and arrays nest at most maxJSONDepth deep.
+// Objects and arrays nest at most maxJSONDepth deep. FuzzStrictObject holds
+// it to encoding/json: it accepts nothing that json.Valid refuses, and
+// hands over the members that json.Unmarshal finds.
 func strictObject(b []byte, member func(name, value []byte) error) error {
-	if !json.Valid(b) || !utf8.Valid(b) {
+	if !utf8.Valid(b) {
 		return errJSON
 	}
 	s := jsonScan{b: b}
 	s.space()
-	if s.i >= len(b) || b[s.i] != '{' {
+	if s.peek() != '{' {
 		return errJSONNotObject
 	}
-	return s.object(member, 1)
+	if err := s.object(member, 1); err != nil {
+		return err
+	}
+	s.space()
+	if s.i != len(b) {
+		return errJSON
+	}
+	return nil
 }
 
 var (
@@ -47,11 +55,19 @@ var (
 // tokens nest two or three levels.
 const maxJSONDepth = 64
 
-// jsonScan walks JSON that encoding/json has found valid, so it only has to
-// find where things end, never to report a syntax error.
+// jsonScan reads JSON, checking its syntax as it goes.
 type jsonScan struct {
 	b []byte
 	i int
+}
+
+// peek is the byte at s.i, or 0 at the end (0 is nowhere valid in JSON
+// outside a string, and str refuses it inside).
+func (s *jsonScan) peek() byte {
+	if s.i < len(s.b) {
+		return s.b[s.i]
+	}
+	return 0
 }
 
 func (s *jsonScan) space() {
@@ -65,30 +81,32 @@ func (s *jsonScan) space() {
 	}
 }
 
-// object reads the object at s.i, reporting its members to member if it is
-// not nil.
+// object reads the object at s.i (its '{'), reporting its members to
+// member if it is not nil.
 func (s *jsonScan) object(member func(name, value []byte) error, depth int) error {
 	if depth > maxJSONDepth {
 		return errJSONDepth
 	}
 	s.i++ // {
-	var small [8][]byte
+	var small [16][]byte
 	names := small[:0]
 	var many map[string]struct{}
 	s.space()
-	if s.b[s.i] == '}' {
+	if s.peek() == '}' {
 		s.i++
 		return nil
 	}
 	for {
-		s.space()
+		if s.peek() != '"' {
+			return errJSON
+		}
 		name, err := s.str()
 		if err != nil {
 			return err
 		}
 		// Duplicates: a linear search while the object is small, a map
 		// beyond, so that a large object costs no more than linear time.
-		if many == nil && len(names) < 32 {
+		if many == nil && len(names) < len(small) {
 			for _, n := range names {
 				if bytes.Equal(n, name) {
 					return errJSONDuplicate
@@ -108,7 +126,10 @@ func (s *jsonScan) object(member func(name, value []byte) error, depth int) erro
 			many[string(name)] = struct{}{}
 		}
 		s.space()
-		s.i++ // :
+		if s.peek() != ':' {
+			return errJSON
+		}
+		s.i++
 		s.space()
 		start := s.i
 		if err := s.value(depth); err != nil {
@@ -120,17 +141,22 @@ func (s *jsonScan) object(member func(name, value []byte) error, depth int) erro
 			}
 		}
 		s.space()
-		c := s.b[s.i]
-		s.i++ // , or }
-		if c == '}' {
+		switch s.peek() {
+		case ',':
+			s.i++
+			s.space()
+		case '}':
+			s.i++
 			return nil
+		default:
+			return errJSON
 		}
 	}
 }
 
-// value skips the value at s.i, checking the objects and strings in it.
+// value reads the value at s.i, of an object or array at depth.
 func (s *jsonScan) value(depth int) error {
-	switch s.b[s.i] {
+	switch c := s.peek(); c {
 	case '{':
 		return s.object(nil, depth+1)
 	case '[':
@@ -139,68 +165,135 @@ func (s *jsonScan) value(depth int) error {
 		}
 		s.i++
 		s.space()
-		if s.b[s.i] == ']' {
+		if s.peek() == ']' {
 			s.i++
 			return nil
 		}
 		for {
-			s.space()
 			if err := s.value(depth + 1); err != nil {
 				return err
 			}
 			s.space()
-			c := s.b[s.i]
-			s.i++ // , or ]
-			if c == ']' {
+			switch s.peek() {
+			case ',':
+				s.i++
+				s.space()
+			case ']':
+				s.i++
 				return nil
+			default:
+				return errJSON
 			}
 		}
 	case '"':
 		_, err := s.str()
 		return err
-	}
-	// A number, true, false or null: up to the next delimiter.
-	for s.i < len(s.b) {
-		switch s.b[s.i] {
-		case ',', '}', ']', ' ', '\t', '\r', '\n':
-			return nil
+	case 't':
+		return s.literal("true")
+	case 'f':
+		return s.literal("false")
+	case 'n':
+		return s.literal("null")
+	default:
+		if c == '-' || c >= '0' && c <= '9' {
+			return s.number()
 		}
+		return errJSON
+	}
+}
+
+func (s *jsonScan) literal(lit string) error {
+	if len(s.b)-s.i < len(lit) || string(s.b[s.i:s.i+len(lit)]) != lit {
+		return errJSON
+	}
+	s.i += len(lit)
+	return nil
+}
+
+// number reads -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?
+func (s *jsonScan) number() error {
+	if s.peek() == '-' {
 		s.i++
+	}
+	switch c := s.peek(); {
+	case c == '0':
+		s.i++
+	case c >= '1' && c <= '9':
+		s.digits()
+	default:
+		return errJSON
+	}
+	if s.peek() == '.' {
+		s.i++
+		if !s.digits() {
+			return errJSON
+		}
+	}
+	if c := s.peek(); c == 'e' || c == 'E' {
+		s.i++
+		if c := s.peek(); c == '+' || c == '-' {
+			s.i++
+		}
+		if !s.digits() {
+			return errJSON
+		}
 	}
 	return nil
 }
 
-// str reads the string at s.i and returns its contents: the bytes between
-// the quotes when it holds no escape, else the unescaped text.
+// digits skips [0-9]* and reports whether there was one.
+func (s *jsonScan) digits() bool {
+	start := s.i
+	for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
+		s.i++
+	}
+	return s.i > start
+}
+
+// str reads the string at s.i (its opening quote) and returns its
+// contents: the bytes between the quotes when it holds no escape, else the
+// unescaped text.
 func (s *jsonScan) str() ([]byte, error) {
 	s.i++ // "
 	start := s.i
 	escaped := false
 	for {
+		if s.i >= len(s.b) {
+			return nil, errJSON
+		}
 		c := s.b[s.i]
 		if c == '"' {
 			break
+		}
+		if c < 0x20 {
+			return nil, errJSON
 		}
 		if c != '\\' {
 			s.i++
 			continue
 		}
 		escaped = true
-		if s.b[s.i+1] != 'u' {
+		switch s.peekAt(1) {
+		case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
 			s.i += 2
 			continue
+		case 'u':
+		default:
+			return nil, errJSON
 		}
-		r := hex4(s.b[s.i+2 : s.i+6])
+		r := s.hexAt(2)
 		s.i += 6
 		switch {
+		case r < 0:
+			return nil, errJSON
 		case r >= 0xdc00 && r <= 0xdfff:
 			return nil, errJSONSurrogate
 		case r >= 0xd800 && r <= 0xdbff:
 			// Must be followed by the low half of the pair.
-			if s.i+6 > len(s.b) || s.b[s.i] != '\\' || s.b[s.i+1] != 'u' {
+			if s.peekAt(0) != '\\' || s.peekAt(1) != 'u' {
 				return nil, errJSONSurrogate
 			}
-			if lo := hex4(s.b[s.i+2 : s.i+6]); lo < 0xdc00 || lo > 0xdfff {
+			if lo := s.hexAt(2); lo < 0xdc00 || lo > 0xdfff {
 				return nil, errJSONSurrogate
 			}
 			s.i += 6
@@ -218,17 +311,29 @@ func (s *jsonScan) str() ([]byte, error) {
 	return []byte(text), nil
 }
 
-// hex4 is the value of four hexadecimal digits (valid, as JSON requires).
-func hex4(b []byte) rune {
+func (s *jsonScan) peekAt(n int) byte {
+	if s.i+n < len(s.b) {
+		return s.b[s.i+n]
+	}
+	return 0
+}
+
+// hexAt is the value of the four hexadecimal digits at s.i+n, or -1.
+func (s *jsonScan) hexAt(n int) rune {
+	if s.i+n+4 > len(s.b) {
+		return -1
+	}
 	var r rune
-	for _, c := range b[:4] {
+	for _, c := range s.b[s.i+n : s.i+n+4] {
 		switch {
 		case c >= '0' && c <= '9':
 			c -= '0'
 		case c >= 'a' && c <= 'f':
 			c -= 'a' - 10
-		default:
+		case c >= 'A' && c <= 'F':
 			c -= 'A' - 10
+		default:
+			return -1
 		}
 		r = r<<4 | rune(c)
 	}

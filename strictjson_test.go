@@ -37,6 +37,22 @@ func TestStrictObject(t *testing.T) {
 		{`{"sub":"\ud800\u0041"}`, false},
 		{`{"sub":"\ud800\n"}`, false},
 		{`{"\ud800":1}`, false},
+		{`{"a":tru}`, false},
+		{`{"a":nul}`, false},
+		{`{"a":-}`, false},
+		{`{"a":1.}`, false},
+		{`{"a":1e}`, false},
+		{`{"a":1e+5,"b":-0.5E-3,"c":[true,false,null]}`, true},
+		{`{"a":"\x"}`, false},
+		{`{"a":"\u00g0"}`, false},
+		{"{\"a\":\"\x01\"}", false},
+		{`{"a" 1}`, false},
+		{`{"a":1 "b":2}`, false},
+		{`{"a":[1 2]}`, false},
+		{`{"a":1`, false},
+		{`{"a":"x`, false},
+		{`{1:1}`, false},
+		{`{"a":1}x`, false},
 	} {
 		err := strictObject([]byte(tc.in), func(name, value []byte) error { return nil })
 		if (err == nil) != tc.ok {
@@ -88,6 +104,9 @@ func FuzzStrictObject(f *testing.F) {
 			return
 		}
 		if err != nil {
+			if err != errJSONDuplicate && err != errJSONSurrogate && err != errJSONDepth {
+				t.Fatalf("%q: %v, but encoding/json finds a valid object", b, err)
+			}
 			return // stricter: duplicates, surrogates, depth
 		}
 		if len(got) != len(want) {
