@@ -96,6 +96,23 @@ func BenchmarkHandshake(b *testing.B) {
 				}
 			}
 		})
+		// The parser the issue proposed: golang-jwt into a typed struct, with
+		// encoding/json (no exact names, duplicates, UTF-8 or crit checks).
+		b.Run(alg.name+"/golang-jwt-struct", func(b *testing.B) {
+			p := jwt.NewParser(jwt.WithValidMethods([]string{alg.method.Alg()}), jwt.WithExpirationRequired(),
+				jwt.WithIssuer("bench-issuer"), jwt.WithAudience("bench-aud"), jwt.WithStrictDecoding())
+			key := func(*jwt.Token) (any, error) { return alg.verify, nil }
+			b.ReportAllocs()
+			for b.Loop() {
+				var c struct {
+					jwt.RegisteredClaims
+					Scope string `json:"scope"`
+				}
+				if _, err := p.ParseWithClaims(tok, &c, key); err != nil || c.Subject == "" {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
