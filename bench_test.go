@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/rsa"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"testing"
 	"time"
 
@@ -94,6 +96,23 @@ func BenchmarkHandshake(b *testing.B) {
 				}
 			}
 		})
+		// The parser the issue proposed: golang-jwt into a typed struct, with
+		// encoding/json (no exact names, duplicates, UTF-8 or crit checks).
+		b.Run(alg.name+"/golang-jwt-struct", func(b *testing.B) {
+			p := jwt.NewParser(jwt.WithValidMethods([]string{alg.method.Alg()}), jwt.WithExpirationRequired(),
+				jwt.WithIssuer("bench-issuer"), jwt.WithAudience("bench-aud"), jwt.WithStrictDecoding())
+			key := func(*jwt.Token) (any, error) { return alg.verify, nil }
+			b.ReportAllocs()
+			for b.Loop() {
+				var c struct {
+					jwt.RegisteredClaims
+					Scope string `json:"scope"`
+				}
+				if _, err := p.ParseWithClaims(tok, &c, key); err != nil || c.Subject == "" {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
@@ -170,4 +189,107 @@ func BenchmarkPlaceholders(b *testing.B) {
 			b.Fatal(v)
 		}
 	}
+}
+
+// BenchmarkHandshakeFresh is BenchmarkHandshake as Caddy runs it: every
+// handshake on a goroutine of its own (net/http serves each connection on a
+// new one, whose stack starts small and grows by copying), below a caller
+// chain about as deep as Caddy's, each with a token of its own (distinct sub
+// and jti, freshCount of them in turn, so that neither the tokens nor the
+// decoder's state stay warm in the caches). The next handler goes as deep
+// as reverse_proxy does after it, so that the stack grows in every
+// iteration, as in Caddy, whoever first needs the room. The "floor" is the
+// same goroutine, request and next handler without ws_auth: subtract it to
+// get what ws_auth adds.
+func BenchmarkHandshakeFresh(b *testing.B) {
+	const freshCount = 1024
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+		return deepCall(proxyDepth, func() error { return nil })
+	})
+	b.Run("floor", func(b *testing.B) {
+		benchFresh(b, []string{"/ws"}, func(w http.ResponseWriter, r *http.Request) error {
+			return next.ServeHTTP(w, r)
+		})
+	})
+	for _, alg := range benchAlgs(b) {
+		h := &Handler{
+			TokenSources:   []TokenSource{{Source: "query"}},
+			Issuers:        []string{"bench-issuer"},
+			Audiences:      []string{"bench-aud"},
+			AllowedOrigins: []string{"http://bench.localhost"},
+		}
+		switch alg.verify.(type) {
+		case []byte:
+			h.Secrets = []string{alg.config}
+		case *rsa.PublicKey, *ecdsa.PublicKey:
+			h.PublicKeys = []string{alg.config}
+		}
+		provisioned(b, h)
+		targets := make([]string, freshCount)
+		for i := range targets {
+			c := benchClaims()
+			c["sub"] = "user-" + strconv.Itoa(i)
+			c["jti"] = fmt.Sprintf("%08x-3b1d-4c59-9a77-0d1f4e8b2c31", i)
+			targets[i] = "/ws?token=" + sign(b, alg.method, alg.signer, c, "")
+		}
+		b.Run(alg.name+"/ws_auth", func(b *testing.B) {
+			benchFresh(b, targets, func(w http.ResponseWriter, r *http.Request) error {
+				return h.ServeHTTP(w, r, next)
+			})
+		})
+	}
+}
+
+// freshDepth is about the stack Caddy's connection goroutine has used when
+// a handler runs (net/http's conn.serve, Caddy's server, routes and
+// middleware wrappers).
+const freshDepth = 6 << 10
+
+// proxyDepth is about the stack reverse_proxy adds below it for an upgrade
+// (its round trip and handleUpgradeResponse, where Caddy's stack grows with
+// or without ws_auth in front).
+const proxyDepth = 8 << 10
+
+// benchFresh serves one request per iteration on a new goroutine, below
+// freshDepth bytes of stack, the targets in turn.
+func benchFresh(b *testing.B, targets []string, serve func(http.ResponseWriter, *http.Request) error) {
+	const batch = 1024
+	reqs := make([]*http.Request, 0, batch)
+	done := make(chan error)
+	w := httptest.NewRecorder()
+	t := 0
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if len(reqs) == 0 {
+			b.StopTimer()
+			for range batch {
+				reqs = append(reqs, upgradeRequest(targets[t%len(targets)]))
+				t++
+			}
+			b.StartTimer()
+		}
+		r := reqs[len(reqs)-1]
+		reqs = reqs[:len(reqs)-1]
+		go func() { done <- deepCall(freshDepth, func() error { return serve(w, r) }) }()
+		if err := <-done; err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// deepCall calls fn below about depth bytes of stack frames.
+//
+//go:noinline
+func deepCall(depth int, fn func() error) error {
+	var pad [256]byte
+	if depth <= len(pad) {
+		return fn()
+	}
+	err := deepCall(depth-len(pad)-64, fn)
+	pad[depth%len(pad)] = byte(depth) // keep pad on the stack
+	if pad[0] == 1 && err == nil {
+		return nil
+	}
+	return err
 }

@@ -10,9 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unsafe"
 
-	jsonv2 "github.com/go-json-experiment/json"
 	"github.com/golang-jwt/jwt/v5"
 )
 
@@ -46,6 +44,31 @@ type tokenClaims struct {
 	ID        optString   `json:"jti"`
 	Scope     scopeList   `json:"scope"`
 	Scp       scopeList   `json:"scp"`
+}
+
+// member decodes one claim into c, ignoring those it does not hold.
+func (c *tokenClaims) member(name, v []byte) error {
+	switch string(name) {
+	case "iss":
+		return c.Issuer.UnmarshalJSON(v)
+	case "sub":
+		return c.Subject.UnmarshalJSON(v)
+	case "aud":
+		return c.Audience.UnmarshalJSON(v)
+	case "exp":
+		return c.ExpiresAt.UnmarshalJSON(v)
+	case "nbf":
+		return c.NotBefore.UnmarshalJSON(v)
+	case "iat":
+		return c.IssuedAt.UnmarshalJSON(v)
+	case "jti":
+		return c.ID.UnmarshalJSON(v)
+	case "scope":
+		return c.Scope.UnmarshalJSON(v)
+	case "scp":
+		return c.Scp.UnmarshalJSON(v)
+	}
+	return nil
 }
 
 // numericDate is a JSON NumericDate (RFC 7519, section 2): seconds since
@@ -226,16 +249,15 @@ func (s scopeList) grants(want string) bool {
 // error behind it for the log, or ok. It charges and consults nothing.
 //
 // The compact JWS is parsed here rather than by jwt.Parser, which decodes
-// the header into a map and the claims before checking the signature: the
-// header is decoded into two fields, the signature is checked with
-// golang-jwt's signing methods (HMAC with a pooled keyed hash), and only
-// then are the claims decoded, into fixed fields.
+// the header into a map and the claims before checking the signature, and
+// reads both with encoding/json's rules: the header is read for alg, kid and
+// crit only, the signature is checked with golang-jwt's signing methods
+// (HMAC with a pooled keyed hash), and only then are the claims decoded,
+// into fixed fields.
 //
-// Header and claims are decoded with the JSON v2 semantics
-// (github.com/go-json-experiment/json, the prototype of encoding/json/v2):
-// member names match exactly, as RFC 7519 requires (encoding/json would
-// fill "sub" from "SUB"), a duplicate member makes the token invalid, and
-// so does invalid UTF-8.
+// Header and claims are read by strictObject: member names match exactly,
+// as RFC 7519 requires (encoding/json would fill "sub" from "SUB"), a
+// duplicate member makes the token invalid, and so does invalid UTF-8.
 func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
 	if len(token) > h.maxToken {
 		return reasonInvalid, false, errTooLarge
@@ -250,46 +272,66 @@ func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
 	if i <= 0 || j <= i+1 || j == len(token)-1 || strings.IndexByte(token[i+1:j], '.') >= 0 {
 		return reasonInvalid, false, errMalformed
 	}
-	headerSeg, payloadSeg, sigSeg := token[:i], token[i+1:j], token[j+1:]
+	// One copy of the token for the decoders and the HMAC, and one buffer
+	// for the three decoded segments, each appended after the last.
+	tb := []byte(token)
+	buf := make([]byte, 0, b64.DecodedLen(len(tb)))
+	headerSeg, payloadSeg, sigSeg := tb[:i], tb[i+1:j], tb[j+1:]
 
-	var hdr struct {
-		Alg  string          `json:"alg"`
-		Kid  string          `json:"kid"`
-		Crit json.RawMessage `json:"crit"`
-	}
-	var buf [512]byte
-	raw, err := decodeSegment(buf[:0], headerSeg)
-	if err != nil || jsonv2.Unmarshal(raw, &hdr) != nil {
+	raw, err := b64.AppendDecode(buf, headerSeg)
+	if err != nil {
 		return reasonInvalid, false, errMalformed
 	}
-	if hdr.Crit != nil {
+	buf = raw[len(raw):]
+	var alg, kid []byte
+	crit := false
+	err = strictObject(raw, func(name, v []byte) (err error) {
+		switch string(name) {
+		case "alg":
+			alg, err = jsonStringBytes(v)
+		case "kid":
+			kid, err = jsonStringBytes(v)
+		case "crit":
+			crit = true
+		}
+		return err
+	})
+	if err != nil {
+		return reasonInvalid, false, errMalformed
+	}
+	if crit {
 		// Extensions the token says must be understood: we know none.
 		return reasonInvalid, false, errCrit
 	}
-	method := h.methods[hdr.Alg]
+	method := h.methods[string(alg)]
 	if method == nil {
 		return reasonInvalid, false, errAlg
 	}
-	key, err := h.keys.lookup(hdr.Alg, hdr.Kid)
+	key, err := h.keys.lookup(method.Alg(), string(kid))
 	if err != nil {
 		if errors.Is(err, errKeysUnavailable) {
 			return reasonUnavailable, false, err
 		}
 		return reasonInvalid, false, err
 	}
-	sig, err := decodeSegment(buf[:0], sigSeg)
+	sig, err := b64.AppendDecode(buf, sigSeg)
 	if err != nil {
 		return reasonInvalid, false, errMalformed
 	}
-	if !verifySignature(method, token[:j], sig, key) {
+	buf = sig[len(sig):]
+	if !verifySignature(method, tb[:j], sig, key) {
 		return reasonInvalid, false, errSignature
 	}
 	// Claims are only worth anything (to a log, say) from here on.
 	id.verified = true
-	id.payload = payloadSeg
+	id.payload = token[i+1 : j]
 
-	raw, err = decodeSegment(buf[:0], payloadSeg)
-	if err != nil || jsonv2.Unmarshal(raw, &id.claims) != nil {
+	raw, err = b64.AppendDecode(buf, payloadSeg)
+	if err != nil {
+		return reasonInvalid, false, errMalformed
+	}
+	id.claims = tokenClaims{}
+	if strictObject(raw, id.claims.member) != nil {
 		return reasonInvalid, false, errMalformed
 	}
 	c := &id.claims
@@ -367,14 +409,9 @@ func (h *Handler) admit(id *identity) *refusal {
 // a segment has one spelling.
 var b64 = base64.RawURLEncoding.Strict()
 
-// decodeSegment appends the base64url (unpadded) decoding of seg to dst.
-func decodeSegment(dst []byte, seg string) ([]byte, error) {
-	return b64.AppendDecode(dst, unsafe.Slice(unsafe.StringData(seg), len(seg)))
-}
-
 // verifySignature checks sig over input with key, or with any key of a
 // jwt.VerificationKeySet.
-func verifySignature(m jwt.SigningMethod, input string, sig []byte, key any) bool {
+func verifySignature(m jwt.SigningMethod, input []byte, sig []byte, key any) bool {
 	if set, ok := key.(jwt.VerificationKeySet); ok {
 		for _, k := range set.Keys {
 			if verifySignature(m, input, sig, k) {
@@ -389,7 +426,7 @@ func verifySignature(m jwt.SigningMethod, input string, sig []byte, key any) boo
 	if !keyFits(m.Alg(), key) {
 		return false
 	}
-	return m.Verify(input, sig, key) == nil
+	return m.Verify(string(input), sig, key) == nil
 }
 
 var (
