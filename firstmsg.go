@@ -12,8 +12,6 @@ import (
 	"sync"
 	"time"
 
-	jsonv2 "github.com/go-json-experiment/json"
-
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
@@ -235,14 +233,20 @@ func (h *Handler) readAuthMessage(br *bufio.Reader) (string, error) {
 			payload[i] ^= fh.mask[i&3]
 		}
 		// As strictly as token claims: exact member names, no duplicates.
-		var msg struct {
-			Type  string `json:"type"`
-			Token string `json:"token"`
-		}
-		if err := jsonv2.Unmarshal(payload, &msg); err != nil || msg.Type != h.firstMsg.typ || msg.Token == "" {
+		var typ, token []byte
+		err = strictObject(payload, func(name, v []byte) (err error) {
+			switch string(name) {
+			case "type":
+				typ, err = jsonStringBytes(v)
+			case "token":
+				token, err = jsonStringBytes(v)
+			}
+			return err
+		})
+		if err != nil || string(typ) != h.firstMsg.typ || len(token) == 0 {
 			return "", errFirstMessage
 		}
-		return msg.Token, nil
+		return string(token), nil
 	}
 }
 

@@ -245,8 +245,8 @@ func (s scopeList) grants(want string) bool {
 }
 
 // verify parses and checks token, filling id: signature, times, issuer,
-// audience and user. It returns the reason the token is refused, with the
-// error behind it for the log, or ok. It charges and consults nothing.
+// audience and user. It returns why the token is refused, or nil. It
+// charges and consults nothing.
 //
 // The compact JWS is parsed here rather than by jwt.Parser, which decodes
 // the header into a map and the claims before checking the signature, and
@@ -258,19 +258,19 @@ func (s scopeList) grants(want string) bool {
 // Header and claims are read by strictObject: member names match exactly,
 // as RFC 7519 requires (encoding/json would fill "sub" from "SUB"), a
 // duplicate member makes the token invalid, and so does invalid UTF-8.
-func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
+func (h *Handler) verify(token string, id *identity) *refusal {
 	if len(token) > h.maxToken {
-		return reasonInvalid, false, errTooLarge
+		return &refusal{reason: reasonInvalid, detail: errTooLarge}
 	}
 	// The base64 decoder skips line breaks: refuse them, so that one token
 	// has one spelling.
 	if strings.ContainsAny(token, "\r\n") {
-		return reasonInvalid, false, errMalformed
+		return &refusal{reason: reasonInvalid, detail: errMalformed}
 	}
 	i := strings.IndexByte(token, '.')
 	j := strings.LastIndexByte(token, '.')
 	if i <= 0 || j <= i+1 || j == len(token)-1 || strings.IndexByte(token[i+1:j], '.') >= 0 {
-		return reasonInvalid, false, errMalformed
+		return &refusal{reason: reasonInvalid, detail: errMalformed}
 	}
 	// One copy of the token for the decoders and the HMAC, and one buffer
 	// for the three decoded segments, each appended after the last.
@@ -280,7 +280,7 @@ func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
 
 	raw, err := b64.AppendDecode(buf, headerSeg)
 	if err != nil {
-		return reasonInvalid, false, errMalformed
+		return &refusal{reason: reasonInvalid, detail: errMalformed}
 	}
 	buf = raw[len(raw):]
 	var alg, kid []byte
@@ -297,30 +297,30 @@ func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
 		return err
 	})
 	if err != nil {
-		return reasonInvalid, false, errMalformed
+		return &refusal{reason: reasonInvalid, detail: errMalformed}
 	}
 	if crit {
 		// Extensions the token says must be understood: we know none.
-		return reasonInvalid, false, errCrit
+		return &refusal{reason: reasonInvalid, detail: errCrit}
 	}
 	method := h.methods[string(alg)]
 	if method == nil {
-		return reasonInvalid, false, errAlg
+		return &refusal{reason: reasonInvalid, detail: errAlg}
 	}
 	key, err := h.keys.lookup(method.Alg(), string(kid))
 	if err != nil {
 		if errors.Is(err, errKeysUnavailable) {
-			return reasonUnavailable, false, err
+			return &refusal{reason: reasonUnavailable, detail: err}
 		}
-		return reasonInvalid, false, err
+		return &refusal{reason: reasonInvalid, detail: err}
 	}
 	sig, err := b64.AppendDecode(buf, sigSeg)
 	if err != nil {
-		return reasonInvalid, false, errMalformed
+		return &refusal{reason: reasonInvalid, detail: errMalformed}
 	}
 	buf = sig[len(sig):]
 	if !verifySignature(method, tb[:j], sig, key) {
-		return reasonInvalid, false, errSignature
+		return &refusal{reason: reasonInvalid, detail: errSignature}
 	}
 	// Claims are only worth anything (to a log, say) from here on.
 	id.verified = true
@@ -328,11 +328,11 @@ func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
 
 	raw, err = b64.AppendDecode(buf, payloadSeg)
 	if err != nil {
-		return reasonInvalid, false, errMalformed
+		return &refusal{reason: reasonInvalid, detail: errMalformed}
 	}
 	id.claims = tokenClaims{}
 	if strictObject(raw, id.claims.member) != nil {
-		return reasonInvalid, false, errMalformed
+		return &refusal{reason: reasonInvalid, detail: errMalformed}
 	}
 	c := &id.claims
 	// The configured user and scope claims, when they are not among the
@@ -351,21 +351,21 @@ func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
 		}
 	}
 	if rsn, err := c.checkTimes(now(), time.Duration(h.Leeway)); err != nil {
-		return rsn, false, err
+		return &refusal{reason: rsn, detail: err}
 	}
 	if len(h.issuers) > 0 && (!c.Issuer.ok || !slices.Contains(h.issuers, c.Issuer.s)) {
-		return reasonInvalid, false, errIssuer
+		return &refusal{reason: reasonInvalid, detail: errIssuer}
 	}
 	if len(h.audiences) > 0 && !c.Audience.containsAny(h.audiences) {
-		return reasonInvalid, false, errAudience
+		return &refusal{reason: reasonInvalid, detail: errAudience}
 	}
 
 	if !c.Subject.ok || c.Subject.s == "" {
-		return reasonInvalid, false, errNoUser
+		return &refusal{reason: reasonInvalid, detail: errNoUser}
 	}
 	id.user = c.Subject.s
 	id.granted = id.scopes(h.scopeClaim)
-	return 0, true, nil
+	return nil
 }
 
 // checkToken runs the checks of a token, in order: verify (signature and
@@ -373,8 +373,8 @@ func (h *Handler) verify(token string, id *identity) (reason, bool, error) {
 // again on a live connection (refresh_message, revalidate) goes through
 // verify and authorize alone: it is no new handshake.
 func (h *Handler) checkToken(token string, id *identity) *refusal {
-	if rsn, ok, err := h.verify(token, id); !ok {
-		return &refusal{reason: rsn, detail: err}
+	if ref := h.verify(token, id); ref != nil {
+		return ref
 	}
 	if ref := h.authorize(id); ref != nil {
 		return ref
