@@ -66,22 +66,28 @@ func provisioned(b *testing.B, h *Handler) *Handler {
 	return h
 }
 
+// benchHandler is the handler the handshake benchmarks decide with: the
+// token from the query, issuer, audience and origin checked, alg's key.
+func benchHandler(b *testing.B, alg benchAlg) *Handler {
+	h := &Handler{
+		TokenSources:   []TokenSource{{Source: "query"}},
+		Issuers:        []string{"bench-issuer"},
+		Audiences:      []string{"bench-aud"},
+		AllowedOrigins: []string{"http://bench.localhost"},
+	}
+	switch alg.verify.(type) {
+	case []byte:
+		h.Secrets = []string{alg.config}
+	case *rsa.PublicKey, *ecdsa.PublicKey:
+		h.PublicKeys = []string{alg.config}
+	}
+	return provisioned(b, h)
+}
+
 func BenchmarkHandshake(b *testing.B) {
 	for _, alg := range benchAlgs(b) {
 		tok := sign(b, alg.method, alg.signer, benchClaims(), "")
-		h := &Handler{
-			TokenSources:   []TokenSource{{Source: "query"}},
-			Issuers:        []string{"bench-issuer"},
-			Audiences:      []string{"bench-aud"},
-			AllowedOrigins: []string{"http://bench.localhost"},
-		}
-		switch alg.verify.(type) {
-		case []byte:
-			h.Secrets = []string{alg.config}
-		case *rsa.PublicKey, *ecdsa.PublicKey:
-			h.PublicKeys = []string{alg.config}
-		}
-		provisioned(b, h)
+		h := benchHandler(b, alg)
 
 		b.Run(alg.name+"/ws_auth", func(b *testing.B) {
 			benchServe(b, h, "/ws?token="+tok)
@@ -212,19 +218,7 @@ func BenchmarkHandshakeFresh(b *testing.B) {
 		})
 	})
 	for _, alg := range benchAlgs(b) {
-		h := &Handler{
-			TokenSources:   []TokenSource{{Source: "query"}},
-			Issuers:        []string{"bench-issuer"},
-			Audiences:      []string{"bench-aud"},
-			AllowedOrigins: []string{"http://bench.localhost"},
-		}
-		switch alg.verify.(type) {
-		case []byte:
-			h.Secrets = []string{alg.config}
-		case *rsa.PublicKey, *ecdsa.PublicKey:
-			h.PublicKeys = []string{alg.config}
-		}
-		provisioned(b, h)
+		h := benchHandler(b, alg)
 		targets := make([]string, freshCount)
 		for i := range targets {
 			c := benchClaims()

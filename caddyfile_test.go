@@ -498,20 +498,7 @@ func TestExampleCaddyfileAdapts(t *testing.T) {
 	// applies. TestREADMEBlocks validates it with WS_SECRET set.
 	t.Setenv("WS_SECRET", "")
 	os.Unsetenv("WS_SECRET")
-	body, err := os.ReadFile(name)
-	if errors.Is(err, os.ErrNotExist) {
-		t.Fatalf("%s is missing: SPEC.md promises `go run ./cmd/caddy run --config %s`", name, name)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt(body, map[string]any{"filename": name})
-	if err != nil {
-		t.Fatalf("adapting %s: %v", name, err)
-	}
-	for _, w := range warnings {
-		t.Errorf("adapting %s: warning: %s", name, w)
-	}
+	js := adaptExample(t)
 	if !strings.Contains(string(js), `"handler":"ws_auth"`) {
 		t.Errorf("%s adapts to a config without ws_auth:\n%s", name, js)
 	}
@@ -551,4 +538,26 @@ func TestCaddyfileCoversEveryField(t *testing.T) {
 			}
 		}
 	}
+}
+
+// adaptExample adapts example.Caddyfile, in the environment as it is, and
+// fails the test on an error or a warning.
+func adaptExample(t *testing.T) []byte {
+	t.Helper()
+	const name = "example.Caddyfile"
+	body, err := os.ReadFile(name)
+	if errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("%s is missing: SPEC.md promises `go run ./cmd/caddy run --config %s`", name, name)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt(body, map[string]any{"filename": name})
+	if err != nil {
+		t.Fatalf("adapting %s: %v", name, err)
+	}
+	for _, w := range warnings {
+		t.Errorf("adapting %s: warning: %s", name, w)
+	}
+	return js
 }

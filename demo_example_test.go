@@ -15,7 +15,6 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 )
 
 // The tests of this file run the demo as a newcomer does, from
@@ -40,18 +39,7 @@ func startExampleDemo(t *testing.T) *exampleDemo {
 
 	d := &exampleDemo{port: freePort(t), logFile: filepath.Join(t.TempDir(), "page.log")}
 	t.Setenv("DEMO_PORT", strconv.Itoa(d.port))
-	const name = "example.Caddyfile"
-	body, err := os.ReadFile(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt(body, map[string]any{"filename": name})
-	if err != nil {
-		t.Fatalf("adapting %s: %v", name, err)
-	}
-	for _, w := range warnings {
-		t.Errorf("adapting %s: warning: %s", name, w)
-	}
+	js := adaptExample(t)
 	var cfg map[string]any
 	if err := json.Unmarshal(js, &cfg); err != nil {
 		t.Fatal(err)
@@ -61,12 +49,12 @@ func startExampleDemo(t *testing.T) *exampleDemo {
 		"writer":  map[string]any{"output": "file", "filename": d.logFile, "roll": false},
 		"include": []string{"http.handlers.ws_demo_page"},
 	}}}
-	js, err = json.Marshal(cfg)
+	js, err := json.Marshal(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := caddy.Load(js, true); err != nil {
-		t.Fatalf("loading %s with DEMO_PORT=%d: %v", name, d.port, err)
+		t.Fatalf("loading example.Caddyfile with DEMO_PORT=%d: %v", d.port, err)
 	}
 	t.Cleanup(func() { _ = caddy.Stop() })
 	waitListening(t, fmt.Sprintf("127.0.0.1:%d", d.port))
