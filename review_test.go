@@ -517,6 +517,8 @@ func TestPendingCounter(t *testing.T) {
 // WebSocket, 500 otherwise, and a first-message client is closed too.
 func TestPanicStillAnswers(t *testing.T) {
 	// Restored after Caddy stopped: cleanups run last-registered first.
+	// Swapping the package's clock is safe because no test runs in
+	// parallel and nothing in the background reads it.
 	t.Cleanup(func() { now = time.Now })
 	now = func() time.Time { panic("the clock broke") }
 	up := newUpstream(t)
