@@ -399,6 +399,9 @@ func (h *Handler) authorize(id *identity) *refusal {
 // admit charges what an authorized handshake costs: the handshake rate of
 // its user.
 func (h *Handler) admit(id *identity) *refusal {
+	if _, none := h.userLimit.(noLimit); none {
+		return nil // no key to build
+	}
 	if ok, wait := h.userLimit.Allow(userKey(id.claims.Issuer.s, id.user), now()); !ok {
 		return &refusal{reason: reasonRateLimited, detail: errRateUser, retry: wait}
 	}
