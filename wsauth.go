@@ -15,9 +15,9 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
-// ServeHTTP decides whether the request may go on. Every check yields a
-// reason; a refused request gets exactly one answer from reject, and an
-// accepted one goes to next with its placeholders set and its token
+// ServeHTTP decides whether the request may go on. Every check returns a
+// *refusal or nil; a refused request gets exactly one answer, from refuse,
+// and an accepted one goes to next with its placeholders set and its token
 // removed.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (err error) {
 	upgrade := isUpgrade(r)
