@@ -179,10 +179,9 @@ func (h *Handler) serveFirstMessage(hs *handshake, next caddyhttp.Handler) error
 	if h.ctx.Err() != nil {
 		return h.refuse(hs, refuseGoingAway)
 	}
-	var w http.ResponseWriter = &handOff{stream: cs, header: make(http.Header), unwatch: unwatch}
-	hand := w.(*handOff)
+	hand := &handOff{stream: cs, header: make(http.Header), unwatch: unwatch}
 	handedOn = true
-	err = next.ServeHTTP(w, r)
+	err = next.ServeHTTP(hand, r)
 	if !hand.taken {
 		if h.ctx.Err() != nil {
 			return h.refuse(hs, refuseGoingAway)

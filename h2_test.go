@@ -60,7 +60,7 @@ https://127.0.0.1:%d {
 	tls internal
 	ws_auth {
 		secret %s
-		token_source first_message
+		token_source first_message auth 1s
 	}
 	handle /plain/* {
 		reverse_proxy %s

@@ -54,7 +54,7 @@ https://127.0.0.1:%d {
 	route /first/* {
 		ws_auth {
 			secret %s
-			token_source first_message
+			token_source first_message auth 1s
 		}
 		reverse_proxy %s {
 			header_up X-User {http.auth.user.id}

@@ -36,6 +36,12 @@ type clientStream struct {
 
 	mu    sync.Mutex // guards ended, for interrupt
 	ended bool       // hung up: the stream may be gone with its handler
+
+	// The read deadline of an HTTP/2 or HTTP/3 stream: when it passes, the
+	// body is closed, which ends a pending read. (The server's own read
+	// deadline would reset the stream, and the Close frame could not go.)
+	readMu    sync.Mutex
+	readTimer *time.Timer
 }
 
 const (
@@ -101,14 +107,30 @@ func acceptStream(w http.ResponseWriter, req *http.Request, proto string, first 
 	return &clientStream{br: brw.Reader, conn: conn, brw: brw}, nil
 }
 
-// setDeadline sets the read and write deadline of the stream.
+// setDeadline sets the read and write deadline of the stream; the zero
+// time clears them.
 func (cs *clientStream) setDeadline(t time.Time) {
 	if cs.conn != nil {
 		_ = cs.conn.SetDeadline(t)
 		return
 	}
-	_ = cs.rc.SetReadDeadline(t)
-	_ = cs.rc.SetWriteDeadline(t)
+	// Writes get closeWait more, so that the Close frame still goes when
+	// a read timed out: the server resets a stream whose write deadline
+	// passes.
+	wt := t
+	if !t.IsZero() {
+		wt = t.Add(closeWait)
+	}
+	_ = cs.rc.SetWriteDeadline(wt)
+	cs.readMu.Lock()
+	defer cs.readMu.Unlock()
+	if cs.readTimer != nil {
+		cs.readTimer.Stop()
+		cs.readTimer = nil
+	}
+	if !t.IsZero() {
+		cs.readTimer = time.AfterFunc(time.Until(t), func() { _ = cs.body.Close() })
+	}
 }
 
 // write sends b to the client at once.
@@ -157,6 +179,7 @@ func (cs *clientStream) hangUp(await bool) {
 	}
 	// The stream ends when the handler returns; the body is the client's
 	// half of it.
+	cs.setDeadline(time.Time{}) // no timer left behind
 	cs.body.Close()
 }
 

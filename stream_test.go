@@ -140,6 +140,16 @@ func checkFirstMessageOverStream(t *testing.T, rt http.RoundTripper, port int, p
 	if n := len(up.requests()); n != before+1 {
 		t.Errorf("a forged first-message token reached the upstream (%d requests)", n-before-1)
 	}
+
+	// A silent client: the stream's read deadline (through Caddy's
+	// response writer) ends the wait after the timeout (1s in the tests'
+	// configs), so it holds no pending slot for longer.
+	resp, pw = extendedConnect(t, rt, port, path, h3)
+	defer pw.Close()
+	defer resp.Body.Close()
+	if got := closeFrame(readServerFrame(t, resp.Body)); got != "close 1008 missing" {
+		t.Errorf("silent first-message client: %s, want close 1008 missing", got)
+	}
 }
 
 // closeFrame describes a server frame as outcome does: "close <code>
