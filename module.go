@@ -132,6 +132,30 @@ type Handler struct {
 	// previous list in force. A match is refused as blocked.
 	BlocklistFile string `json:"blocklist_file,omitempty"`
 
+	// Whether a live connection is closed when its token expires, at exp
+	// plus leeway: the client gets a Close frame 4001 "expired", the
+	// upstream a Close 1001, each at a frame boundary. Default: true.
+	ExpireConnections *bool `json:"expire_connections,omitempty"`
+
+	// How often live connections are checked against the blocklist, on
+	// top of the check made at each change of it (a blocklist file that
+	// changes, an entry added at run time). Default: 0, only on change.
+	Revalidate caddy.Duration `json:"revalidate,omitempty"`
+
+	// A client message larger than this many bytes (the frames of a
+	// fragmented message counted together) closes the connection with 1009
+	// "too_big". Default: no limit.
+	MaxMessageSize int64 `json:"max_message_size,omitempty"`
+
+	// In-band token refresh: a client text message of this type,
+	// {"type":"<type>","token":"<jwt>"}, is taken by the module and not
+	// forwarded; a valid token for the same user moves the connection's
+	// expiry and is answered {"type":"<type>_ok","exp":<unix>}, an invalid
+	// one closes the connection. While it is set, permessage-deflate is
+	// not negotiated with the upstream. Default: off (the Caddyfile's
+	// `refresh_message` alone means refresh_token).
+	RefreshMessage string `json:"refresh_message,omitempty"`
+
 	keys         *keyring
 	methods      map[string]jwt.SigningMethod // the allowed algorithms
 	sources      []tokenSource

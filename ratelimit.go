@@ -22,6 +22,32 @@ type RateLimits struct {
 	// Limits how often handshakes may be made, per client IP or per
 	// user. Default: no limit.
 	Handshakes *HandshakeRate `json:"handshakes,omitempty"`
+
+	// Limits how many data messages clients may send on live
+	// connections, per connection or per user. Default: no limit.
+	Messages *MessageRate `json:"messages,omitempty"`
+}
+
+// MessageRate limits the data messages (text and binary; a fragmented
+// message counts once, control frames never) that clients send on live
+// connections.
+type MessageRate struct {
+	// How many messages a key may send within Window; also the burst.
+	Events int `json:"events"`
+
+	// The window the messages are counted over.
+	Window caddy.Duration `json:"window"`
+
+	// What is limited: "connection" (each connection on its own) or "user"
+	// (all the connections of a user together). Default: user.
+	Per string `json:"per,omitempty"`
+
+	// What happens to a message over the limit: "drop" (it is not
+	// forwarded), "close" (the connection is closed with 1008
+	// "rate_limited"), or "notify" (dropped, and the client gets one text
+	// message {"type":"error","reason":"rate_limited","retry_after":<s>}
+	// per window). Default: drop.
+	Action string `json:"action,omitempty"`
 }
 
 // check applies the rules of each limit that is set.
