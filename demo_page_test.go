@@ -370,13 +370,12 @@ func TestBrowserDemoPagePromises(t *testing.T) {
 			// measurement).
 			time.Sleep(time.Until(loggedIn.Add(ttl)))
 
-			// This version checks tokens at the handshake only: the open
-			// connection still works, as the page says.
-			do(t, `document.getElementById("message").value = "still open"; document.getElementById("send").click()`)
-			lines = wait(t, "the echo", `(lines) => lines.some((l) => l.kind === "recv" && l.text.endsWith("received: still open")) ||
-				lines.some((l) => l.kind === "close")`)
-			if err := checkOutcome(lines, first, 0); err != nil {
-				t.Fatalf("%s, the connection opened before expiry: %v; the page's log:\n%s", p, err, formatLog(lines))
+			// The open connection is closed at expiry with the promised
+			// code.
+			lines = wait(t, "the close at expiry", closedConn(first))
+			closed := connLines(lines, first)
+			if last := closed[len(closed)-1]; last.Kind != "close" || !strings.Contains(last.Text, fmt.Sprintf(" closed: code %d ", p.code)) {
+				t.Fatalf("%s, the connection opened before expiry: want \"closed: code %d\"; the page's log:\n%s", p, p.code, formatLog(lines))
 			}
 
 			// A new connection with the expired token is refused with the

@@ -180,8 +180,10 @@ func (h *Handler) serveFirstMessage(hs *handshake, next caddyhttp.Handler) error
 		return h.refuse(hs, refuseGoingAway)
 	}
 	hand := &handOff{stream: cs, header: make(http.Header), unwatch: unwatch}
+	lc, w := h.newLive(hs, hand, r)
+	defer lc.end()
 	handedOn = true
-	err = next.ServeHTTP(hand, r)
+	err = next.ServeHTTP(w, r)
 	if !hand.taken {
 		if h.ctx.Err() != nil {
 			return h.refuse(hs, refuseGoingAway)
@@ -231,17 +233,7 @@ func (h *Handler) readAuthMessage(br *bufio.Reader) (string, error) {
 		for i := range payload {
 			payload[i] ^= fh.mask[i&3]
 		}
-		// As strictly as token claims: exact member names, no duplicates.
-		var typ, token []byte
-		err = strictObject(payload, func(name, v []byte) (err error) {
-			switch string(name) {
-			case "type":
-				typ, err = jsonStringBytes(v)
-			case "token":
-				token, err = jsonStringBytes(v)
-			}
-			return err
-		})
+		typ, token, err := tokenMessage(payload, nil)
 		if err != nil || string(typ) != h.firstMsg.typ || len(token) == 0 {
 			return "", errFirstMessage
 		}

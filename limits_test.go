@@ -330,10 +330,7 @@ sub:mallory
 }
 
 func TestRateLimiter(t *testing.T) {
-	l, err := newRateLimiter(&HandshakeRate{Events: 3, Window: caddyDuration(time.Minute)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := newRateLimiter(3, time.Minute, false)
 	t0 := time.Unix(1_700_000_000, 0)
 	for i := 0; i < 3; i++ {
 		if ok, _ := l.Allow("k", t0); !ok {
@@ -418,8 +415,8 @@ func TestRateLimitKeys(t *testing.T) {
 		t.Error("the same user name at two issuers shares a rate")
 	}
 	for _, bad := range []HandshakeRate{{Events: 1, Window: caddyDuration(400 * 24 * time.Hour)}, {Events: 1000, Window: caddyDuration(time.Millisecond)}} {
-		if _, err := newRateLimiter(&bad); err == nil {
-			t.Errorf("newRateLimiter(%+v): no error", bad)
+		if err := bad.check(); err == nil {
+			t.Errorf("rate_limit handshakes %+v: no error", bad)
 		}
 	}
 }

@@ -165,6 +165,15 @@ type Handler struct {
 	blocklist    Blocklist // the file's entries and those added at run time
 	needIP       bool      // the client IP is looked up: a list or a limit per IP
 	limiterKey   string
+	// The rules on live connections.
+	expire        bool
+	msgRate       *messageRate // nil: no message limit
+	msgUserLimit  *rateLimiter // messages per user
+	msgLimiterKey string
+	refresh       string // the refresh message's type; "": off
+	refreshQuoted []byte // the type as a JSON string
+	refreshLimit  int64  // the largest refresh message
+	unsubscribe   func() // from the blocklist file's changes
 	blocklistKey string
 	origins      originMatcher
 	codes        [numReasons]uint16
@@ -259,10 +268,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 	h.ipLimit, h.userLimit = noLimit{}, noLimit{}
 	if h.RateLimits != nil && h.RateLimits.Handshakes != nil {
-		l, key, err := acquireRateLimiter(h.RateLimits.Handshakes)
-		if err != nil {
-			return err
-		}
+		hr := h.RateLimits.Handshakes
+		l, key := acquireRateLimiter("handshakes", hr.Events, time.Duration(hr.Window), hr.Per == "user")
 		h.limiterKey = key
 		if l.perUser {
 			h.userLimit = l
@@ -270,9 +277,32 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			h.ipLimit, h.needIP = l, true
 		}
 	}
+	if mr := h.RateLimits.messages(); mr != nil {
+		window := time.Duration(mr.Window)
+		h.msgRate = &messageRate{
+			interval: int64(window) / int64(mr.Events),
+			window:   int64(window),
+			perUser:  mr.Per == "" || mr.Per == "user",
+			action:   mr.Action,
+		}
+		if h.msgRate.action == "" {
+			h.msgRate.action = "drop"
+		}
+		if h.msgRate.perUser {
+			h.msgUserLimit, h.msgLimiterKey = acquireRateLimiter("messages", mr.Events, window, true)
+		}
+	}
+	h.expire = h.ExpireConnections == nil || *h.ExpireConnections
+	if h.RefreshMessage != "" {
+		h.refresh = h.RefreshMessage
+		h.refreshQuoted = []byte(`"` + h.refresh + `"`)
+		h.refreshLimit = int64(h.maxToken + firstMessageSlack)
+	}
+
 	// The entries added at run time (the admin API's) apply to every
 	// handler, next to the handler's own file.
 	h.blocklist = runtimeBlocklist
+	var file Blocklist
 	if h.BlocklistFile != "" {
 		bf, key, err := acquireBlocklist(h.BlocklistFile)
 		if err != nil {
@@ -280,7 +310,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		h.blocklistKey = key
 		h.blocklist = unionBlocklist{bf, runtimeBlocklist}
+		file = bf
 	}
+	h.watchBlocklist(ctx, file)
 
 	h.keys, err = loadKeys(ctx, h, h.logger)
 	if err != nil {
@@ -320,6 +352,14 @@ func (h *Handler) Cleanup() error {
 	if h.limiterKey != "" {
 		_, _ = rateLimiters.Delete(h.limiterKey)
 		h.limiterKey = ""
+	}
+	if h.msgLimiterKey != "" {
+		_, _ = rateLimiters.Delete(h.msgLimiterKey)
+		h.msgLimiterKey = ""
+	}
+	if h.unsubscribe != nil {
+		h.unsubscribe()
+		h.unsubscribe = nil
 	}
 	if h.blocklistKey != "" {
 		releaseBlocklist(h.blocklistKey)

@@ -50,6 +50,14 @@ type MessageRate struct {
 	Action string `json:"action,omitempty"`
 }
 
+// messages returns the message rate, or nil.
+func (rl *RateLimits) messages() *MessageRate {
+	if rl == nil {
+		return nil
+	}
+	return rl.Messages
+}
+
 // check applies the rules of each limit that is set.
 func (rl *RateLimits) check() error {
 	if rl.Handshakes != nil {
@@ -81,16 +89,13 @@ type HandshakeRate struct {
 // every handler with the same limit.
 var rateLimiters = caddy.NewUsagePool()
 
-// acquireRateLimiter returns the pooled limiter for cfg; release it with
+// acquireRateLimiter returns the pooled limiter of what (handshakes or
+// messages) for events per window, per user or not; release it with
 // rateLimiters.Delete(key).
-func acquireRateLimiter(cfg *HandshakeRate) (*rateLimiter, string, error) {
-	l, err := newRateLimiter(cfg)
-	if err != nil {
-		return nil, "", err
-	}
-	key := fmt.Sprintf("%d/%d/%t", cfg.Events, cfg.Window, l.perUser)
-	val, _ := rateLimiters.LoadOrStore(key, l)
-	return val.(*rateLimiter), key, nil
+func acquireRateLimiter(what string, events int, window time.Duration, perUser bool) (*rateLimiter, string) {
+	key := fmt.Sprintf("%s/%d/%d/%t", what, events, window, perUser)
+	val, _ := rateLimiters.LoadOrStore(key, newRateLimiter(events, window, perUser))
+	return val.(*rateLimiter), key
 }
 
 // maxRateKeys bounds a limiter's map: under a flood of distinct keys it
@@ -110,17 +115,14 @@ type rateLimiter struct {
 	tat map[uint64]int64 // hash of the key -> theoretical arrival time, unix ns
 }
 
-func newRateLimiter(cfg *HandshakeRate) (*rateLimiter, error) {
-	if err := cfg.check(); err != nil {
-		return nil, err
-	}
+func newRateLimiter(events int, window time.Duration, perUser bool) *rateLimiter {
 	return &rateLimiter{
-		interval: int64(cfg.Window) / int64(cfg.Events),
-		window:   int64(cfg.Window),
-		perUser:  cfg.Per == "user",
+		interval: int64(window) / int64(events),
+		window:   int64(window),
+		perUser:  perUser,
 		seed:     maphash.MakeSeed(),
 		tat:      make(map[uint64]int64),
-	}, nil
+	}
 }
 
 // check applies the rules of a handshake rate: checkRate and

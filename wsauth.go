@@ -89,12 +89,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			}
 		}
 	}
-	if src.kind == sourceSubprotocol && upgrade {
-		w = &protocolWriter{
-			ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
-			marker:                src.name,
-			switched:              switchedStatus(r),
+	if upgrade {
+		if src.kind == sourceSubprotocol {
+			w = &protocolWriter{
+				ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
+				marker:                src.name,
+				switched:              switchedStatus(r),
+			}
 		}
+		if h.refresh != "" {
+			// Refresh messages must reach the module uncompressed.
+			r.Header.Del("Sec-Websocket-Extensions")
+		}
+		var lc *liveConn
+		lc, w = h.newLive(hs, w, r)
+		defer lc.end()
 	}
 	handedOn = true
 	err = next.ServeHTTP(w, r)

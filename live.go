@@ -1,0 +1,437 @@
+package wsauth
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Live connections: after the upstream switched protocols, the module
+// keeps enforcing the rules on the connection (expiry, revocation, message
+// rate and size, in-band refresh), from inside reverse_proxy's copy loops
+// (watch.go), with timers rather than goroutines.
+
+const (
+	// Close codes of the rules on live connections.
+	closeTooBig      = 1009 // max_message_size (RFC 6455, section 7.4.1)
+	closeRateLimited = 1008 // rate_limit messages ... close
+)
+
+// Connection states.
+const (
+	stateOpen int32 = iota
+	stateClosing
+	stateEnded
+)
+
+// A liveConn is one accepted WebSocket: who it is, the rules it runs
+// under (those of the handler that accepted it, also after a reload), and
+// the watch of its frames.
+type liveConn struct {
+	h      *Handler
+	id     uint64
+	since  time.Time
+	ip     string
+	origin string
+	path   string
+	source sourceKind
+	iss    string
+	user   string
+
+	mu      sync.Mutex // guards jti, expires and the timers
+	jti     string
+	expires time.Time
+	expiry  *time.Timer // expire_connections
+	closer  *time.Timer // the close sequence's next step
+
+	// The two ends, set before start and read-only after it. Over HTTP/1.1
+	// (and first_message over any version) reverse_proxy copies through
+	// the hijacked conn; over HTTP/2 and HTTP/3 (stream) it reads the
+	// request body and writes the ResponseWriter.
+	stream  bool
+	conn    net.Conn
+	body    io.ReadCloser
+	src     io.Reader // where client bytes are read
+	dst     io.Writer // where client bytes are written
+	flush   func() error
+	started bool
+
+	in inbound // the reading goroutine's
+
+	wmu         sync.Mutex // guards out, pending, closeQueued, sentClose, and writes to dst
+	out         outbound
+	pending     []byte // frames for the client, waiting for a frame boundary
+	closeQueued bool
+	sentClose   bool
+
+	state       atomic.Int32
+	interrupted atomic.Bool
+
+	// The message rate per connection (GCRA), and when the next notify
+	// may go; the reading goroutine's.
+	msgTAT     int64
+	notifyNext int64
+
+	writer liveWriter
+	wbody  watchedBody
+}
+
+// newLive prepares the watch of an accepted WebSocket; it starts when the
+// upstream switches protocols, and ends with end. It returns the
+// ResponseWriter to hand on.
+// r is the request as it goes on.
+func (h *Handler) newLive(hs *handshake, w http.ResponseWriter, r *http.Request) (*liveConn, http.ResponseWriter) {
+	c := &liveConn{
+		h:      h,
+		ip:     clientIP(r),
+		origin: r.Header.Get("Origin"),
+		path:   r.URL.Path,
+		source: hs.id.source,
+		iss:    hs.id.claims.Issuer.s,
+		user:   hs.id.user,
+		jti:    hs.id.claims.ID.s,
+	}
+	c.expires = hs.id.expires()
+	c.writer = liveWriter{ResponseWriter: w, lc: c, switched: switchedStatus(r)}
+	if isExtendedConnect(r) {
+		c.stream = true
+		c.src, c.body = r.Body, r.Body
+		c.wbody = watchedBody{ReadCloser: r.Body, lc: c}
+		r.Body = &c.wbody
+	}
+	return c, &c.writer
+}
+
+// start begins the watch, once the upstream switched protocols.
+func (c *liveConn) start() {
+	c.started = true
+	c.since = time.Now()
+	liveConns.add(c)
+	if c.h.expire {
+		c.mu.Lock()
+		c.expiry = time.AfterFunc(time.Until(c.deadline()), c.expire)
+		c.mu.Unlock()
+	}
+}
+
+// end is called when reverse_proxy is done with the connection (or never
+// took it): the timers stop, and the registry forgets it.
+func (c *liveConn) end() {
+	c.state.Store(stateEnded)
+	c.mu.Lock()
+	if c.expiry != nil {
+		c.expiry.Stop()
+	}
+	if c.closer != nil {
+		c.closer.Stop()
+	}
+	c.mu.Unlock()
+	if c.started {
+		liveConns.remove(c)
+	}
+}
+
+func (c *liveConn) closing() bool { return c.state.Load() != stateOpen }
+
+// deadline is when the connection expires: exp plus the leeway. c.mu must
+// be held, or the connection not started.
+func (c *liveConn) deadline() time.Time { return c.expires.Add(time.Duration(c.h.Leeway)) }
+
+func (c *liveConn) expire() { c.shut(c.h.codes[reasonExpired], "expired") }
+
+// shut closes the connection for a rule: a Close frame with code and text
+// goes to the client at a frame boundary, and a Close 1001 to the
+// upstream at a boundary of the client's frames (when the client answers,
+// or after closeWait at the latest); after one more closeWait both are
+// closed whatever happened. Only the first call counts.
+func (c *liveConn) shut(code uint16, text string) {
+	if !c.state.CompareAndSwap(stateOpen, stateClosing) {
+		return
+	}
+	c.h.logLiveClose(c, text)
+	c.mu.Lock()
+	c.closer = time.AfterFunc(closeWait, c.stopReading)
+	c.mu.Unlock()
+	if c.conn != nil {
+		// A client that reads nothing must not hold the close up.
+		_ = c.conn.SetWriteDeadline(time.Now().Add(2 * closeWait))
+	}
+	var buf [4 + maxCloseReason]byte
+	c.inject(appendCloseFrame(buf[:0], code, text), true)
+}
+
+// stopReading is the close sequence's second step: the client did not
+// answer the Close within closeWait, so its pending read is ended.
+func (c *liveConn) stopReading() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state.Load() == stateEnded {
+		return
+	}
+	c.interruptRead()
+	c.closer = time.AfterFunc(closeWait, c.hardClose)
+}
+
+// allowMessage counts a client message against rate_limit messages, and
+// applies the limit's action to one over it.
+func (c *liveConn) allowMessage() bool {
+	mr := c.h.msgRate
+	if mr == nil {
+		return true
+	}
+	t := now().UnixNano()
+	var ok bool
+	var wait time.Duration
+	if mr.perUser {
+		ok, wait = c.h.msgUserLimit.Allow(userKey(c.iss, c.user), time.Unix(0, t))
+	} else {
+		ok, wait = c.allowLocal(t, mr)
+	}
+	if ok {
+		return true
+	}
+	switch mr.action {
+	case "close":
+		c.shut(closeRateLimited, "rate_limited")
+	case "notify":
+		if t >= c.notifyNext {
+			c.notifyNext = t + mr.window
+			c.notifyRateLimited(wait)
+		}
+	}
+	return false
+}
+
+// allowLocal is the GCRA of a limit per connection.
+func (c *liveConn) allowLocal(t int64, mr *messageRate) (bool, time.Duration) {
+	tat := max(c.msgTAT, t)
+	next := tat + mr.interval
+	if next-t > mr.window {
+		return false, time.Duration(next - mr.window - t)
+	}
+	c.msgTAT = next
+	return true, 0
+}
+
+// notifyRateLimited tells the client that a message was dropped.
+func (c *liveConn) notifyRateLimited(wait time.Duration) {
+	var msg [96]byte
+	b := append(msg[:0], `{"type":"error","reason":"rate_limited","retry_after":`...)
+	b = append(b, retryAfter(wait)...)
+	b = append(b, '}')
+	var frame [128]byte
+	c.inject(appendTextFrame(frame[:0], b), false)
+}
+
+var errOtherUser = errors.New("refresh token for another user")
+
+// takeRefresh handles a client text frame that may be a refresh message:
+// if it is one, the module takes it (it is not forwarded) and answers;
+// otherwise payload is left as it was.
+func (c *liveConn) takeRefresh(fh *frameHeader, payload []byte) bool {
+	unmask(payload, fh.mask, 0)
+	typ, token, err := tokenMessage(payload, c.refreshQuoted())
+	if err != nil || string(typ) != c.h.refresh {
+		unmask(payload, fh.mask, 0)
+		return false
+	}
+	c.refreshWith(string(token))
+	return true
+}
+
+func (c *liveConn) refreshQuoted() []byte { return c.h.refreshQuoted }
+
+// refreshWith checks a refresh token as a handshake's (verify, authorize;
+// no limit is charged) and requires the same user: then the connection
+// expires with the new token, and the client gets the new exp.
+func (c *liveConn) refreshWith(token string) {
+	var id identity
+	ref := c.h.verify(token, &id)
+	if ref == nil {
+		ref = c.h.authorize(&id)
+	}
+	if ref == nil && (id.user != c.user || id.claims.Issuer.s != c.iss) {
+		ref = &refusal{reason: reasonInvalid, detail: errOtherUser}
+	}
+	if ref != nil {
+		c.h.logRefreshRefused(c, ref)
+		c.shut(c.h.codes[ref.reason], ref.reason.String())
+		return
+	}
+	exp := id.expires()
+	c.mu.Lock()
+	c.expires, c.jti = exp, id.claims.ID.s
+	if c.expiry != nil {
+		c.expiry.Reset(time.Until(c.deadline()))
+	}
+	c.mu.Unlock()
+	var msg [128]byte
+	b := append(msg[:0], `{"type":"`...)
+	b = append(b, c.h.refresh...)
+	b = append(b, `_ok","exp":`...)
+	b = strconv.AppendInt(b, exp.Unix(), 10)
+	b = append(b, '}')
+	var frame [160]byte
+	c.inject(appendTextFrame(frame[:0], b), false)
+}
+
+// blocked reports whether the connection's token, user or IP is on its
+// handler's blocklist now.
+func (c *liveConn) blocked(t time.Time) bool {
+	c.mu.Lock()
+	jti := c.jti
+	c.mu.Unlock()
+	bl := c.h.blocklist
+	return bl.BlockedToken(jti, c.user, t) || bl.BlockedIP(c.ip, t)
+}
+
+// A registry holds the live connections of the process, across config
+// reloads: revocation, and soon the admin API, the connection caps and the
+// metrics, find them here.
+type registry struct {
+	mu    sync.RWMutex
+	conns map[*liveConn]struct{}
+	next  atomic.Uint64
+}
+
+var liveConns = &registry{conns: make(map[*liveConn]struct{})}
+
+func (reg *registry) add(c *liveConn) {
+	c.id = reg.next.Add(1)
+	reg.mu.Lock()
+	reg.conns[c] = struct{}{}
+	reg.mu.Unlock()
+}
+
+func (reg *registry) remove(c *liveConn) {
+	reg.mu.Lock()
+	delete(reg.conns, c)
+	reg.mu.Unlock()
+}
+
+func (reg *registry) count() int {
+	reg.mu.RLock()
+	defer reg.mu.RUnlock()
+	return len(reg.conns)
+}
+
+// closeWhere closes every live connection that match accepts, with code
+// and text, and returns how many it closed.
+func (reg *registry) closeWhere(match func(*liveConn) bool, code uint16, text string) int {
+	reg.mu.RLock()
+	var hit []*liveConn
+	for c := range reg.conns {
+		if match(c) {
+			hit = append(hit, c)
+		}
+	}
+	reg.mu.RUnlock()
+	for _, c := range hit {
+		c.shut(code, text)
+	}
+	return len(hit)
+}
+
+// revalidate closes the connections whose token, user or IP is blocked
+// now, with 1008 "revoked" (the close code of the blocked reason).
+func (reg *registry) revalidate() {
+	t := now()
+	reg.mu.RLock()
+	var hit []*liveConn
+	for c := range reg.conns {
+		if !c.closing() && c.blocked(t) {
+			hit = append(hit, c)
+		}
+	}
+	reg.mu.RUnlock()
+	for _, c := range hit {
+		c.shut(c.h.codes[reasonBlocked], "revoked")
+	}
+}
+
+// Entries added at run time are pushed to live connections at once.
+var _ = runtimeBlocklist.Subscribe(liveConns.revalidate)
+
+// watchBlocklist makes the handler's blocklist file close matching live
+// connections when it changes, and with revalidate also on that interval,
+// until the config is unloaded.
+func (h *Handler) watchBlocklist(ctx context.Context, file Blocklist) {
+	if file != nil {
+		h.unsubscribe = file.Subscribe(liveConns.revalidate)
+	}
+	if h.Revalidate > 0 {
+		go func() {
+			t := time.NewTicker(time.Duration(h.Revalidate))
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					liveConns.revalidate()
+				}
+			}
+		}()
+	}
+}
+
+// messageRate is a compiled rate_limit messages.
+type messageRate struct {
+	interval int64 // ns between messages at the sustained rate
+	window   int64 // ns; also the burst tolerance
+	perUser  bool
+	action   string
+}
+
+// tokenMessage reads a message {"type":"<type>","token":"<jwt>"} as
+// strictly as token claims: exact member names, no duplicates. typ is
+// what a message must hold (its type, quoted) for the parse to be worth
+// it; nil always parses.
+func tokenMessage(payload, quotedType []byte) (typ, token []byte, err error) {
+	if quotedType != nil && !bytes.Contains(payload, quotedType) {
+		return nil, nil, errFirstMessage
+	}
+	err = strictObject(payload, func(name, v []byte) (err error) {
+		switch string(name) {
+		case "type":
+			typ, err = jsonStringBytes(v)
+		case "token":
+			token, err = jsonStringBytes(v)
+		}
+		return err
+	})
+	return typ, token, err
+}
+
+// logLiveClose logs a live connection closed by a rule.
+func (h *Handler) logLiveClose(c *liveConn, reason string) {
+	if ce := h.logger.Check(zap.InfoLevel, "websocket closed"); ce != nil {
+		c.mu.Lock()
+		jti := c.jti
+		c.mu.Unlock()
+		ce.Write(zap.String("reason", reason), zap.String("user", truncate(c.user, 200)),
+			zap.String("jti", truncate(jti, 200)), zap.String("remote_ip", c.ip),
+			zap.String("path", truncate(c.path, 200)), zap.Duration("duration", time.Since(c.since)))
+	}
+}
+
+// logRefreshRefused logs why a refresh token was refused.
+func (h *Handler) logRefreshRefused(c *liveConn, ref *refusal) {
+	if ce := h.logger.Check(zap.InfoLevel, "refresh token refused"); ce != nil {
+		fields := []zap.Field{zap.String("reason", ref.reason.String()),
+			zap.String("user", truncate(c.user, 200)), zap.String("remote_ip", c.ip)}
+		if ref.detail != nil {
+			fields = append(fields, zap.String("detail", truncate(ref.detail.Error(), 200)))
+		}
+		ce.Write(fields...)
+	}
+}

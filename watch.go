@@ -1,0 +1,545 @@
+package wsauth
+
+import (
+	"bufio"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"time"
+)
+
+// The frame watcher: after the upstream switched protocols, reverse_proxy
+// copies bytes between the client and the upstream in two loops of its
+// own. The watcher sits inside them, in the client's connection (HTTP/1.1)
+// or in the request body and the response writer (HTTP/2 and HTTP/3): it
+// reads frame headers in both directions as the bytes pass, filters client
+// messages in place in reverse_proxy's buffer (nothing is copied but what
+// a dropped frame leaves behind), and injects frames at frame boundaries.
+// It starts no goroutine.
+
+var (
+	// errLiveClosed ends reverse_proxy's copy from the client once the
+	// module closed the connection: an error, not EOF, so that the tunnel
+	// ends rather than half-closes.
+	errLiveClosed = errors.New("websocket closed by ws_auth")
+	// errShortBuffer is reverse_proxy's stream_buffer_size too small to
+	// hold a frame header.
+	errShortBuffer = errors.New("ws_auth: stream buffer smaller than a frame header")
+)
+
+// parseFrameHeader parses the frame header at the start of b. It returns
+// the header's length, or 0 when b does not hold the whole header yet.
+func parseFrameHeader(b []byte) (fh frameHeader, n int, err error) {
+	if len(b) < 2 {
+		return fh, 0, nil
+	}
+	n = 2
+	switch b[1] & 0x7F {
+	case 126:
+		n += 2
+	case 127:
+		n += 8
+	}
+	if b[1]&0x80 != 0 {
+		n += 4
+	}
+	if len(b) < n {
+		return fh, 0, nil
+	}
+	fh.fin = b[0]&0x80 != 0
+	fh.rsv = b[0] & 0x70
+	fh.opcode = b[0] & 0x0F
+	fh.masked = b[1]&0x80 != 0
+	rest := b[2:n]
+	switch length := b[1] & 0x7F; length {
+	case 126:
+		fh.length = int64(binary.BigEndian.Uint16(rest))
+		rest = rest[2:]
+	case 127:
+		u := binary.BigEndian.Uint64(rest)
+		if u>>63 != 0 {
+			return fh, n, errBadFrame
+		}
+		fh.length = int64(u)
+		rest = rest[8:]
+	default:
+		fh.length = int64(length)
+	}
+	if fh.masked {
+		copy(fh.mask[:], rest)
+	}
+	if fh.opcode >= opClose && (!fh.fin || fh.length > 125) {
+		return fh, n, errControlFrame
+	}
+	return fh, n, nil
+}
+
+// unmask XORs b with the mask, the frame's payload starting at offset off.
+// It is its own inverse.
+func unmask(b []byte, mask [4]byte, off int64) {
+	for i := range b {
+		b[i] ^= mask[(off+int64(i))&3]
+	}
+}
+
+// appendMaskedCloseFrame appends a Close frame with code and reason as a
+// client sends it (masked), for the upstream.
+func appendMaskedCloseFrame(dst []byte, code uint16, reason string) []byte {
+	if len(reason) > maxCloseReason {
+		reason = reason[:maxCloseReason]
+	}
+	var mask [4]byte
+	_, _ = rand.Read(mask[:])
+	dst = append(dst, 0x80|opClose, 0x80|byte(2+len(reason)))
+	dst = append(dst, mask[:]...)
+	start := len(dst)
+	dst = binary.BigEndian.AppendUint16(dst, code)
+	dst = append(dst, reason...)
+	unmask(dst[start:], mask, 0)
+	return dst
+}
+
+// appendTextFrame appends an unmasked text frame (server to client).
+func appendTextFrame(dst, payload []byte) []byte {
+	switch n := len(payload); {
+	case n < 126:
+		dst = append(dst, 0x80|opText, byte(n))
+	case n <= 0xFFFF:
+		dst = append(dst, 0x80|opText, 126)
+		dst = binary.BigEndian.AppendUint16(dst, uint16(n))
+	default:
+		dst = append(dst, 0x80|opText, 127)
+		dst = binary.BigEndian.AppendUint64(dst, uint64(n))
+	}
+	return append(dst, payload...)
+}
+
+// inbound is the state of the client-to-upstream direction, touched only
+// by the goroutine of reverse_proxy that reads from the client.
+type inbound struct {
+	hdr [maxFrameHeader]byte // a frame header split across reads
+	hn  int
+
+	left int64 // payload bytes of the current frame still to come
+	keep bool  // the current frame is forwarded
+
+	fragmented bool  // a data message continues in the next frame
+	msgSize    int64 // bytes of the current data message so far
+	dropMsg    bool  // the current data message is not forwarded
+
+	out      []byte // bytes for the upstream that the next reads return first
+	outBuf   [2 + 4 + 2 + maxCloseReason]byte
+	finished bool  // the upstream got its Close: reading is over
+	err      error // a read error held back while bytes went out
+}
+
+// read is the client connection's Read as reverse_proxy's copy to the
+// upstream calls it: client bytes, filtered in place in p, and what the
+// module injects for the upstream.
+func (c *liveConn) read(p []byte) (int, error) {
+	in := &c.in
+	for {
+		if len(in.out) > 0 {
+			n := copy(p, in.out)
+			in.out = in.out[n:]
+			return n, nil
+		}
+		if in.finished {
+			return 0, errLiveClosed
+		}
+		if in.err != nil {
+			return 0, in.err
+		}
+		if c.closing() && in.hn == 0 && in.left == 0 {
+			// At a frame boundary of a connection the module closes: the
+			// upstream gets its Close, then the copy ends.
+			in.out = appendMaskedCloseFrame(in.outBuf[:0], closeGoingAway, "")
+			in.finished = true
+			continue
+		}
+		hn := in.hn
+		if len(p) <= hn {
+			return 0, errShortBuffer
+		}
+		copy(p, in.hdr[:hn])
+		in.hn = 0
+		n, err := c.src.Read(p[hn:])
+		stopped := false
+		if err != nil && c.interrupted.Load() && isTimeout(err) {
+			// The module's own interruption of a client that did not
+			// answer its Close: the top of the loop closes the upstream,
+			// if the client is not in the middle of a frame.
+			err, stopped = nil, true
+		}
+		w := 0
+		if hn+n > 0 {
+			var ferr error
+			if w, ferr = c.filter(p, hn+n); ferr != nil {
+				err = ferr
+			}
+		}
+		if stopped && err == nil && (in.hn > 0 || in.left > 0) {
+			err = errLiveClosed
+		}
+		if w > 0 {
+			in.err = err
+			return w, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+	}
+}
+
+// filter walks the frames in p[:n], starting at a frame boundary or inside
+// the current frame's payload, and moves the bytes to forward to the front
+// of p, returning how many there are. A header cut by the end of p is kept
+// for the next read; a refresh message is completed from the client first.
+func (c *liveConn) filter(p []byte, n int) (int, error) {
+	in := &c.in
+	r, w := 0, 0
+	for r < n {
+		if in.left > 0 {
+			k := int(min(in.left, int64(n-r)))
+			if in.keep {
+				if w != r {
+					copy(p[w:], p[r:r+k])
+				}
+				w += k
+			}
+			r += k
+			in.left -= int64(k)
+			continue
+		}
+		fh, hl, err := parseFrameHeader(p[r:n])
+		if err != nil {
+			// Not a frame the upstream could read either: hand the rest
+			// on as it is and let the upstream refuse it.
+			return c.passRest(p, r, w, n), nil
+		}
+		if hl == 0 {
+			in.hn = copy(in.hdr[:], p[r:n])
+			break
+		}
+		if end := r + hl + int(fh.length); c.isRefreshCandidate(&fh) && end <= len(p) {
+			if end > n {
+				// The rest of the frame is on its way: a refresh
+				// message is decided whole.
+				if _, err := io.ReadFull(c.src, p[n:end]); err != nil {
+					return w, err
+				}
+				n = end
+			}
+			if c.takeRefresh(&fh, p[r+hl:end]) {
+				r = end
+				continue
+			}
+		}
+		keep := c.onFrame(&fh)
+		if keep {
+			if w != r {
+				copy(p[w:], p[r:r+hl])
+			}
+			w += hl
+		}
+		r += hl
+		in.left, in.keep = fh.length, keep
+	}
+	return w, nil
+}
+
+// passRest forwards p[r:n] unfiltered, from now on.
+func (c *liveConn) passRest(p []byte, r, w, n int) int {
+	c.in.left, c.in.keep = 1<<62, true
+	copy(p[w:], p[r:n])
+	c.in.left -= int64(n - r)
+	return w + n - r
+}
+
+// onFrame applies the message rules to a client frame and reports whether
+// it is forwarded. Control frames always are, unless the module is closing
+// the connection; data frames count as messages (the first frame of each)
+// and toward the message size.
+func (c *liveConn) onFrame(fh *frameHeader) bool {
+	in := &c.in
+	if c.closing() {
+		return false // the upstream gets the module's Close instead
+	}
+	switch fh.opcode {
+	case opText, opBinary:
+		in.msgSize, in.dropMsg = 0, false
+		in.fragmented = !fh.fin
+		if !c.allowMessage() {
+			in.dropMsg = true
+		}
+	case opContinuation:
+		in.fragmented = !fh.fin
+	default:
+		return true
+	}
+	in.msgSize += fh.length
+	if c.h.MaxMessageSize > 0 && in.msgSize > c.h.MaxMessageSize {
+		c.shut(closeTooBig, "too_big")
+		return false
+	}
+	return !in.dropMsg
+}
+
+// isRefreshCandidate reports whether a client frame may be a refresh
+// message: with refresh_message on, an unfragmented, uncompressed text
+// frame no larger than a token with its envelope.
+func (c *liveConn) isRefreshCandidate(fh *frameHeader) bool {
+	return c.h.refresh != "" && fh.opcode == opText && fh.fin && fh.rsv == 0 && fh.masked &&
+		!c.in.fragmented && fh.length <= c.h.refreshLimit && !c.closing()
+}
+
+// outbound is the state of the upstream-to-client direction, guarded by
+// liveConn.wmu.
+type outbound struct {
+	hdr  [maxFrameHeader]byte
+	hn   int
+	left int64
+}
+
+// atBoundary reports whether the next byte to the client starts a frame.
+func (o *outbound) atBoundary() bool { return o.hn == 0 && o.left == 0 }
+
+// scan advances over p, which goes to the client, and returns how many of
+// its bytes reach the first frame boundary (len(p) if none is reached).
+// With all true it goes on to the end of p.
+func (o *outbound) scan(p []byte, all bool) int {
+	i := 0
+	for i < len(p) {
+		if o.left > 0 {
+			k := int(min(o.left, int64(len(p)-i)))
+			o.left -= int64(k)
+			i += k
+			if o.left == 0 && !all {
+				return i
+			}
+			continue
+		}
+		// A header, maybe begun in an earlier write.
+		k := copy(o.hdr[o.hn:], p[i:])
+		fh, hl, err := parseFrameHeader(o.hdr[:o.hn+k])
+		if err != nil {
+			o.left, o.hn = 1<<62, 0 // not WebSocket framing: no boundary ahead
+			return len(p)
+		}
+		if hl == 0 {
+			o.hn += k
+			return len(p)
+		}
+		i += hl - o.hn
+		o.hn = 0
+		o.left = fh.length
+		if o.left == 0 && !all {
+			return i
+		}
+	}
+	return i
+}
+
+// write is the client connection's Write as reverse_proxy's copy from the
+// upstream calls it: the bytes go to the client as they are, with the
+// frames the module injects at frame boundaries. After the module's Close
+// frame nothing more goes to the client.
+func (c *liveConn) write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	total := len(p)
+	for len(p) > 0 {
+		if c.sentClose {
+			return total, nil
+		}
+		if len(c.pending) > 0 && c.out.atBoundary() {
+			if err := c.flushPending(); err != nil {
+				return total - len(p), err
+			}
+			continue
+		}
+		k := c.out.scan(p, len(c.pending) == 0)
+		if _, err := c.dst.Write(p[:k]); err != nil {
+			return total - len(p), err
+		}
+		p = p[k:]
+	}
+	if len(c.pending) > 0 && c.out.atBoundary() && !c.sentClose {
+		if err := c.flushPending(); err != nil {
+			return total, err
+		}
+	}
+	return total, nil
+}
+
+// inject sends frame to the client at the next frame boundary: at once if
+// the upstream's stream is at one, else from write when it reaches one.
+// close marks frame as the module's Close, after which nothing follows.
+func (c *liveConn) inject(frame []byte, close bool) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.sentClose || c.closeQueued {
+		return
+	}
+	c.pending = append(c.pending, frame...)
+	c.closeQueued = close
+	if c.out.atBoundary() && c.dst != nil {
+		_ = c.flushPending()
+	}
+}
+
+// flushPending writes the injected frames; wmu must be held.
+func (c *liveConn) flushPending() error {
+	b := c.pending
+	c.pending = c.pending[:0]
+	if c.closeQueued {
+		c.sentClose = true
+	}
+	if _, err := c.dst.Write(b); err != nil {
+		return err
+	}
+	if c.flush != nil {
+		return c.flush()
+	}
+	return nil
+}
+
+// isTimeout reports whether err is a deadline that passed.
+func isTimeout(err error) bool {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// liveWriter is the ResponseWriter the handlers after ws_auth get for an
+// accepted WebSocket: once the upstream switched protocols it starts the
+// connection's watch, and hands reverse_proxy a watched connection
+// (HTTP/1.1 Hijack) or watches its writes (HTTP/2 and HTTP/3).
+type liveWriter struct {
+	http.ResponseWriter
+	lc       *liveConn
+	switched int // the status of a switch: 101, or 200 for extended CONNECT
+	upgraded bool
+}
+
+func (lw *liveWriter) Unwrap() http.ResponseWriter { return lw.ResponseWriter }
+
+func (lw *liveWriter) WriteHeader(status int) {
+	if status == lw.switched && !lw.upgraded {
+		lw.upgraded = true
+		if lw.lc.stream {
+			lw.lc.dst = lw.ResponseWriter
+			lw.lc.flush = http.NewResponseController(lw.ResponseWriter).Flush
+			lw.lc.start()
+		}
+	}
+	lw.ResponseWriter.WriteHeader(status)
+}
+
+func (lw *liveWriter) Write(p []byte) (int, error) {
+	if lw.upgraded && lw.lc.stream && lw.lc.started {
+		return lw.lc.write(p)
+	}
+	return lw.ResponseWriter.Write(p)
+}
+
+// FlushError flushes the stream; while the watch runs, not at the same
+// time as an injected frame is written.
+func (lw *liveWriter) FlushError() error {
+	if lw.upgraded && lw.lc.stream && lw.lc.started {
+		lw.lc.wmu.Lock()
+		defer lw.lc.wmu.Unlock()
+	}
+	return http.NewResponseController(lw.ResponseWriter).Flush()
+}
+
+// Hijack hands reverse_proxy the client's connection with the watch in
+// it. Bytes the server had read ahead are read through the watch too: the
+// returned reader holds none, and the connection reads them first.
+func (lw *liveWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(lw.ResponseWriter).Hijack()
+	if err != nil || !lw.upgraded || lw.lc.stream {
+		return conn, brw, err
+	}
+	lc := lw.lc
+	lc.conn, lc.dst = conn, conn
+	if sc, ok := conn.(*streamConn); ok {
+		lc.body = sc.stream.body // first_message over HTTP/2 or HTTP/3
+	}
+	lc.src = conn
+	if brw.Reader.Buffered() > 0 {
+		lc.src = &drainReader{br: brw.Reader, conn: conn, lc: lc}
+	}
+	lc.start()
+	wc := &watchedConn{Conn: conn, lc: lc}
+	return wc, bufio.NewReadWriter(bufio.NewReaderSize(eofReader{}, 16), bufio.NewWriterSize(wc, 16)), nil
+}
+
+// watchedConn is the client connection reverse_proxy copies to and from.
+type watchedConn struct {
+	net.Conn
+	lc *liveConn
+}
+
+func (wc *watchedConn) Read(p []byte) (int, error)  { return wc.lc.read(p) }
+func (wc *watchedConn) Write(p []byte) (int, error) { return wc.lc.write(p) }
+
+// watchedBody is the request body of an HTTP/2 or HTTP/3 WebSocket, which
+// reverse_proxy reads the client's frames from.
+type watchedBody struct {
+	io.ReadCloser
+	lc *liveConn
+}
+
+func (wb *watchedBody) Read(p []byte) (int, error) { return wb.lc.read(p) }
+
+// drainReader reads what the server had buffered, then the connection
+// itself, dropping the buffer once it is empty: an idle connection keeps
+// no read buffer.
+type drainReader struct {
+	br   *bufio.Reader
+	conn net.Conn
+	lc   *liveConn
+}
+
+func (d *drainReader) Read(p []byte) (int, error) {
+	n, err := d.br.Read(p)
+	if d.br.Buffered() == 0 {
+		d.lc.src = d.conn
+	}
+	return n, err
+}
+
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }
+
+// interruptRead ends a pending read from the client now: a deadline on a
+// connection, or closing an HTTP/2 or HTTP/3 body, whose stream a deadline
+// would reset.
+func (c *liveConn) interruptRead() {
+	c.interrupted.Store(true)
+	if c.body != nil {
+		_ = c.body.Close()
+		return
+	}
+	if c.conn != nil {
+		_ = c.conn.SetReadDeadline(time.Now())
+	}
+}
+
+// hardClose ends the connection without waiting any more.
+func (c *liveConn) hardClose() {
+	if c.body != nil {
+		_ = c.body.Close()
+	}
+	if c.conn != nil {
+		_ = c.conn.Close()
+	}
+}
