@@ -2,6 +2,7 @@ package wsauth
 
 import (
 	"errors"
+	"math"
 	"os"
 	"regexp"
 	"strconv"
@@ -62,13 +63,19 @@ func parseCaddyfile(helper httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 //		strip_token on|off
 //
 //		rate_limit handshakes <n>/<duration> [per ip|user]
+//		rate_limit messages <n>/<duration> [per connection|user] [drop|close|notify]
+//		max_message_size <size>
 //		blocklist_file <path>
+//
+//		expire_connections on|off
+//		revalidate <duration>
+//		refresh_message [<type>]
 //	}
 //
 // token_source, secret, public_key, jwks, jwks_file, algorithms, issuer,
 // audience, scopes, allowed_origins and close_code may be repeated (a
-// close_code once per reason, first_message once); the other options may
-// be given once.
+// close_code once per reason, first_message once, rate_limit once per
+// kind); the other options may be given once.
 //
 // Each option is parsed by its own function (caddyfileOptions), which
 // applies to the value it has just read the same rule function that
@@ -77,15 +84,17 @@ func parseCaddyfile(helper httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, e
 // sources (header field names, cookie names and subprotocol markers must
 // be tokens), a jwks URL (https, or plain http to a loopback address; one
 // with a placeholder is checked at load), jwks refresh and timeout,
-// rate_limit bounds, leeway, reject. The rules that need the whole block
-// run after it, at the line that named the value: that a cookie token
-// source comes with allowed_origins, that there is a key source, and that
-// every algorithm can be verified by a configured type of key
-// (checkKeyTypes). checkConfig itself runs last, at the directive, so that
-// the Caddyfile accepts nothing that JSON refuses. The Caddyfile adds one
-// rule of its own: the environment variables a secret names ({env.NAME})
-// are set where it is adapted. Key files, key sets and secret values are
-// checked at provision.
+// rate_limit bounds (HandshakeRate.check, MessageRate.check), leeway,
+// reject, max_message_size (checkMaxMessageSize), revalidate
+// (checkRevalidate) and the refresh_message type (checkRefreshType). The
+// rules that need the whole block run after it, at the line that named
+// the value: that a cookie token source comes with allowed_origins, that
+// there is a key source, and that every algorithm can be verified by a
+// configured type of key (checkKeyTypes). checkConfig itself runs last,
+// at the directive, so that the Caddyfile accepts nothing that JSON
+// refuses. The Caddyfile adds one rule of its own: the environment
+// variables a secret names ({env.NAME}) are set where it is adapted. Key
+// files, key sets and secret values are checked at provision.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume directive name
 	// Errors about the block as a whole are reported at the directive.
@@ -160,16 +169,16 @@ var caddyfileOptions = map[string]caddyfileOption{
 	"close_code":           {parse: (*caddyfileParser).closeCode},
 	"strip_token":          {once: true, parse: (*caddyfileParser).stripToken},
 	"rate_limit":           {parse: (*caddyfileParser).rateLimit},
+	"max_message_size":     {once: true, parse: (*caddyfileParser).maxMessageSize},
 	"blocklist_file":       {once: true, parse: (*caddyfileParser).blocklistFile},
+	"expire_connections":   {once: true, parse: (*caddyfileParser).expireConnections},
+	"revalidate":           {once: true, parse: (*caddyfileParser).revalidate},
+	"refresh_message":      {once: true, parse: (*caddyfileParser).refreshMessage},
 
 	// Options of SPEC.md that later versions add.
 	"max_connections_per_user": {parse: (*caddyfileParser).notYet},
-	"max_message_size":         {parse: (*caddyfileParser).notYet},
 	"block_after":              {parse: (*caddyfileParser).notYet},
 	"redis":                    {parse: (*caddyfileParser).notYet},
-	"expire_connections":       {parse: (*caddyfileParser).notYet},
-	"revalidate":               {parse: (*caddyfileParser).notYet},
-	"refresh_message":          {parse: (*caddyfileParser).notYet},
 }
 
 func (p *caddyfileParser) tokenSource() error {
@@ -430,61 +439,117 @@ func (p *caddyfileParser) closeCode() error {
 }
 
 func (p *caddyfileParser) stripToken() error {
-	v, err := oneArg(p.d)
+	on, err := onOff(p.d)
 	if err != nil {
 		return err
-	}
-	var on bool
-	switch v {
-	case "on":
-		on = true
-	case "off":
-	default:
-		return p.d.Errf("strip_token: must be on or off, not %q", v)
 	}
 	p.h.StripToken = &on
 	return nil
 }
 
-// rateLimit reads `rate_limit <kind> ...` into RateLimits; handshakes is
-// the only kind so far.
+// rateLimit reads `rate_limit <kind> ...` into RateLimits, each kind
+// once.
 func (p *caddyfileParser) rateLimit() error {
 	d := p.d
 	args := d.RemainingArgs()
 	if len(args) == 0 {
-		return d.Errf("rate_limit: want handshakes <n>/<duration> [per ip|user]")
-	}
-	switch args[0] {
-	case "handshakes":
-	case "messages":
-		return d.Errf("rate_limit messages: not available in this version of ws_auth yet")
-	default:
-		return d.Errf("rate_limit: unknown kind %q (want handshakes)", args[0])
-	}
-	if p.h.RateLimits != nil && p.h.RateLimits.Handshakes != nil {
-		return d.Errf("rate_limit handshakes: already specified")
-	}
-	if len(args) != 2 && len(args) != 4 {
-		return d.Errf("rate_limit handshakes: want <n>/<duration> [per ip|user]")
-	}
-	n, win, err := parseRate(args[1])
-	if err != nil {
-		return d.Errf("rate_limit handshakes: %v", err)
-	}
-	hr := &HandshakeRate{Events: n, Window: caddy.Duration(win)}
-	if len(args) == 4 {
-		if args[2] != "per" || checkRatePer(args[3]) != nil {
-			return d.Errf("rate_limit handshakes: want per ip or per user, not %q", strings.Join(args[2:], " "))
-		}
-		hr.Per = args[3]
-	}
-	if err := hr.check(); err != nil {
-		return d.WrapErr(err)
+		return d.Errf("rate_limit: want handshakes or messages, then <n>/<duration>")
 	}
 	if p.h.RateLimits == nil {
 		p.h.RateLimits = new(RateLimits)
 	}
+	switch args[0] {
+	case "handshakes":
+		return p.rateLimitHandshakes(args[1:])
+	case "messages":
+		return p.rateLimitMessages(args[1:])
+	}
+	return d.Errf("rate_limit: unknown kind %q (want handshakes or messages)", args[0])
+}
+
+// rateLimitHandshakes reads the arguments of `rate_limit handshakes`:
+// <n>/<duration> [per ip|user].
+func (p *caddyfileParser) rateLimitHandshakes(args []string) error {
+	d := p.d
+	if p.h.RateLimits.Handshakes != nil {
+		return d.Errf("rate_limit handshakes: already specified")
+	}
+	if len(args) != 1 && len(args) != 3 {
+		return d.Errf("rate_limit handshakes: want <n>/<duration> [per ip|user]")
+	}
+	n, win, err := parseRate(args[0])
+	if err != nil {
+		return d.Errf("rate_limit handshakes: %v", err)
+	}
+	hr := &HandshakeRate{Events: n, Window: caddy.Duration(win)}
+	if len(args) == 3 {
+		if args[1] != "per" || checkRatePer(args[2]) != nil {
+			return d.Errf("rate_limit handshakes: want per ip or per user, not %q", strings.Join(args[1:], " "))
+		}
+		hr.Per = args[2]
+	}
+	if err := hr.check(); err != nil {
+		return d.WrapErr(err)
+	}
 	p.h.RateLimits.Handshakes = hr
+	return nil
+}
+
+// rateLimitMessages reads the arguments of `rate_limit messages`:
+// <n>/<duration> [per connection|user] [drop|close|notify], the per
+// clause and the action each optional, in that order.
+func (p *caddyfileParser) rateLimitMessages(args []string) error {
+	const usage = "rate_limit messages: want <n>/<duration> [per connection|user] [drop|close|notify]"
+	d := p.d
+	if p.h.RateLimits.Messages != nil {
+		return d.Errf("rate_limit messages: already specified")
+	}
+	if len(args) == 0 {
+		return d.Errf(usage)
+	}
+	n, win, err := parseRate(args[0])
+	if err != nil {
+		return d.Errf("rate_limit messages: %v", err)
+	}
+	mr := &MessageRate{Events: n, Window: caddy.Duration(win)}
+	rest := args[1:]
+	if len(rest) > 0 && rest[0] == "per" {
+		if len(rest) < 2 || checkMessagePer(rest[1]) != nil {
+			return d.Errf("rate_limit messages: want per connection or per user, not %q", strings.Join(rest[:min(2, len(rest))], " "))
+		}
+		mr.Per, rest = rest[1], rest[2:]
+	}
+	if len(rest) > 0 {
+		if err := checkMessageAction(rest[0]); err != nil {
+			return d.Errf("rate_limit messages: %v", err)
+		}
+		mr.Action, rest = rest[0], rest[1:]
+	}
+	if len(rest) > 0 && rest[0] == "per" {
+		return d.Errf("rate_limit messages: %q comes before the action", strings.Join(rest, " "))
+	}
+	if len(rest) > 0 {
+		return d.Errf(usage)
+	}
+	if err := mr.check(); err != nil {
+		return d.WrapErr(err)
+	}
+	p.h.RateLimits.Messages = mr
+	return nil
+}
+
+// maxMessageSize reads a humanized size; 0, which in JSON means no
+// limit, is refused with the sizes checkMaxMessageSize refuses.
+func (p *caddyfileParser) maxMessageSize() error {
+	v, err := oneArg(p.d)
+	if err != nil {
+		return err
+	}
+	size, err := humanize.ParseBytes(v)
+	if err != nil || size == 0 || size > math.MaxInt64 || checkMaxMessageSize(int64(size)) != nil {
+		return p.d.Errf("max_message_size: invalid size %q (1B to 1GiB)", v)
+	}
+	p.h.MaxMessageSize = int64(size)
 	return nil
 }
 
@@ -494,6 +559,49 @@ func (p *caddyfileParser) blocklistFile() error {
 		return err
 	}
 	p.h.BlocklistFile = v
+	return nil
+}
+
+func (p *caddyfileParser) expireConnections() error {
+	on, err := onOff(p.d)
+	if err != nil {
+		return err
+	}
+	p.h.ExpireConnections = &on
+	return nil
+}
+
+func (p *caddyfileParser) revalidate() error {
+	v, err := oneArg(p.d)
+	if err != nil {
+		return err
+	}
+	dur, err := caddy.ParseDuration(v)
+	if err != nil {
+		return p.d.Errf("revalidate: invalid duration %q", v)
+	}
+	if err := checkRevalidate(dur); err != nil {
+		return p.d.WrapErr(err)
+	}
+	p.h.Revalidate = caddy.Duration(dur)
+	return nil
+}
+
+// refreshMessage reads `refresh_message [<type>]`; without a type, the
+// type is refresh_token.
+func (p *caddyfileParser) refreshMessage() error {
+	d := p.d
+	typ := defaultRefreshType
+	if d.NextArg() {
+		typ = d.Val()
+		if d.NextArg() {
+			return d.Errf("refresh_message: too many arguments")
+		}
+	}
+	if err := checkRefreshType(typ); err != nil {
+		return d.WrapErr(err)
+	}
+	p.h.RefreshMessage = typ
 	return nil
 }
 
@@ -635,6 +743,22 @@ func values(d *caddyfile.Dispenser) ([]string, error) {
 		}
 	}
 	return args, nil
+}
+
+// onOff returns the value of an option that is on or off.
+func onOff(d *caddyfile.Dispenser) (bool, error) {
+	opt := d.Val()
+	v, err := oneArg(d)
+	if err != nil {
+		return false, err
+	}
+	switch v {
+	case "on":
+		return true, nil
+	case "off":
+		return false, nil
+	}
+	return false, d.Errf("%s: must be on or off, not %q", opt, v)
 }
 
 // noArgs refuses arguments to a flag option.

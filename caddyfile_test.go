@@ -173,6 +173,14 @@ func TestCaddyfileValidate(t *testing.T) {
 		}
 	})
 
+	// The live-connection options at their bounds load too.
+	t.Run("valid live connection options", func(t *testing.T) {
+		stage, err := validateSite("\tws_auth {\n\t\tsecret " + validateSecret + "\n\t\texpire_connections off\n\t\trevalidate 24h\n\t\tmax_message_size 1GiB\n\t\trefresh_message renew\n\t\trate_limit messages 1000000/1s per connection notify\n\t}\n\trespond ok")
+		if err != nil {
+			t.Fatalf("%s: %v", stage, err)
+		}
+	})
+
 	tests := []struct {
 		name  string
 		site  string
@@ -435,6 +443,67 @@ func TestCaddyfileValidate(t *testing.T) {
 			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"reject":"maybe"}`,
 			want:    []string{"reject", "maybe"},
 		},
+		{
+			name:    "revalidate below 1s",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"revalidate":"500ms"}`,
+			want:    []string{"revalidate: must be 0 (only when the blocklist changes) or between 1s and 24h0m0s"},
+		},
+		{
+			name:    "revalidate negative",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"revalidate":"-1m"}`,
+			want:    []string{"revalidate: must be 0 (only when the blocklist changes) or between 1s and 24h0m0s"},
+		},
+		{
+			name:    "max_message_size over 1GiB",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"max_message_size":1073741825}`,
+			want:    []string{"max_message_size: must be between 1 byte and 1GiB"},
+		},
+		{
+			name:    "max_message_size negative",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"max_message_size":-1}`,
+			want:    []string{"max_message_size: must be between 1 byte and 1GiB"},
+		},
+		{
+			name:    "refresh_message with a quote",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"refresh_message":"re\"fresh"}`,
+			want:    []string{`refresh_message: type must be 1 to 64 printable ASCII characters, without '"' or '\', not "re\"fresh"`},
+		},
+		{
+			name:    "refresh_message with a control character",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"refresh_message":"re\nfresh"}`,
+			want:    []string{`refresh_message: type must be 1 to 64 printable ASCII characters`},
+		},
+		{
+			name:    "refresh_message not ASCII",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"refresh_message":"rafraîchir"}`,
+			want:    []string{`refresh_message: type must be 1 to 64 printable ASCII characters`},
+		},
+		{
+			name:    "rate_limit messages faster than 1µs per event",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"rate_limits":{"messages":{"events":1000001,"window":"1s"}}}`,
+			want:    []string{"rate_limit messages: the window must be at most 8784h0m0s, and at least 1µs per event"},
+		},
+		{
+			name:    "rate_limit messages without a window",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"rate_limits":{"messages":{"events":10}}}`,
+			want:    []string{"rate_limit messages: need a positive count and window"},
+		},
+		{
+			name:    "rate_limit messages per ip",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"rate_limits":{"messages":{"events":10,"window":"1s","per":"ip"}}}`,
+			want:    []string{`rate_limit messages: per must be connection or user, not "ip"`},
+		},
+		{
+			name:    "rate_limit messages action kick",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"rate_limits":{"messages":{"events":10,"window":"1s","action":"kick"}}}`,
+			want:    []string{`rate_limit messages: action must be drop, close or notify, not "kick"`},
+		},
+		{
+			// Both kinds are checked, not only the first one set.
+			name:    "rate_limit messages next to valid handshakes",
+			handler: `{"handler":"ws_auth","secrets":["` + validateSecret + `"],"rate_limits":{"handshakes":{"events":10,"window":"1m"},"messages":{"events":0,"window":"1s"}}}`,
+			want:    []string{"rate_limit messages: need a positive count and window"},
+		},
 	}
 	for _, tt := range jsonTests {
 		t.Run("json/"+tt.name, func(t *testing.T) {
@@ -527,7 +596,7 @@ func TestCaddyfileCoversEveryField(t *testing.T) {
 		}
 	}
 	all := expected.String()
-	for _, typ := range []reflect.Type{reflect.TypeFor[Handler](), reflect.TypeFor[TokenSource](), reflect.TypeFor[JWKSSource](), reflect.TypeFor[RateLimits](), reflect.TypeFor[HandshakeRate]()} {
+	for _, typ := range []reflect.Type{reflect.TypeFor[Handler](), reflect.TypeFor[TokenSource](), reflect.TypeFor[JWKSSource](), reflect.TypeFor[RateLimits](), reflect.TypeFor[HandshakeRate](), reflect.TypeFor[MessageRate]()} {
 		for f := range typ.Fields() {
 			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
 			if !f.IsExported() || name == "" || name == "-" {

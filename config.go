@@ -67,6 +67,17 @@ func (h *Handler) checkConfig() error {
 			return err
 		}
 	}
+	if err := checkRevalidate(time.Duration(h.Revalidate)); err != nil {
+		return err
+	}
+	if err := checkMaxMessageSize(h.MaxMessageSize); err != nil {
+		return err
+	}
+	if h.RefreshMessage != "" {
+		if err := checkRefreshType(h.RefreshMessage); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -186,6 +197,59 @@ func checkScope(s string) error {
 func checkReject(v string) error {
 	if v != "" && v != "close" && v != "status" {
 		return fmt.Errorf("reject: must be close or status, not %q", v)
+	}
+	return nil
+}
+
+const (
+	// minRevalidate and maxRevalidate bound revalidate: more often than
+	// every second costs a scan of every live connection for little, and
+	// less often than daily is hardly a check.
+	minRevalidate = time.Second
+	maxRevalidate = 24 * time.Hour
+)
+
+// checkRevalidate is the rule for revalidate; 0 is the default, only when
+// the blocklist changes.
+func checkRevalidate(d time.Duration) error {
+	if d != 0 && (d < minRevalidate || d > maxRevalidate) {
+		return fmt.Errorf("revalidate: must be 0 (only when the blocklist changes) or between %s and %s", minRevalidate, maxRevalidate)
+	}
+	return nil
+}
+
+// maxMaxMessageSize bounds max_message_size.
+const maxMaxMessageSize = 1 << 30
+
+// checkMaxMessageSize is the rule for max_message_size; 0 is the default,
+// no limit.
+func checkMaxMessageSize(n int64) error {
+	if n < 0 || n > maxMaxMessageSize {
+		return fmt.Errorf("max_message_size: must be between 1 byte and 1GiB")
+	}
+	return nil
+}
+
+const (
+	// defaultRefreshType is the type of a refresh message when the
+	// Caddyfile's refresh_message names none.
+	defaultRefreshType = "refresh_token"
+	// maxRefreshTypeLen bounds the type of a refresh message.
+	maxRefreshTypeLen = 64
+)
+
+// checkRefreshType is the rule for the type of a refresh message: 1 to 64
+// printable ASCII characters, without `"` or `\`, so that the type reads
+// the same in a JSON message as in the config and can be matched there as
+// written.
+func checkRefreshType(typ string) error {
+	ok := typ != "" && len(typ) <= maxRefreshTypeLen
+	for i := 0; ok && i < len(typ); i++ {
+		c := typ[i]
+		ok = c >= 0x20 && c <= 0x7e && c != '"' && c != '\\'
+	}
+	if !ok {
+		return fmt.Errorf("refresh_message: type must be 1 to %d printable ASCII characters, without '\"' or '\\', not %q", maxRefreshTypeLen, typ)
 	}
 	return nil
 }

@@ -65,6 +65,46 @@ func (rl *RateLimits) check() error {
 			return err
 		}
 	}
+	if rl.Messages != nil {
+		if err := rl.Messages.check(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// check applies the rules of a message rate, for the Caddyfile and JSON
+// alike: checkRate with at least 1µs per event (a message costs far less
+// than a handshake, so the floor is lower), checkMessagePer and
+// checkMessageAction.
+func (mr *MessageRate) check() error {
+	if err := checkRate(mr.Events, time.Duration(mr.Window), minMessageInterval); err != nil {
+		return fmt.Errorf("rate_limit messages: %v", err)
+	}
+	if err := checkMessagePer(mr.Per); err != nil {
+		return fmt.Errorf("rate_limit messages: %v", err)
+	}
+	if err := checkMessageAction(mr.Action); err != nil {
+		return fmt.Errorf("rate_limit messages: %v", err)
+	}
+	return nil
+}
+
+// checkMessagePer is the rule for what a message rate is counted per; ""
+// is the default, user.
+func checkMessagePer(per string) error {
+	if per != "" && per != "connection" && per != "user" {
+		return fmt.Errorf("per must be connection or user, not %q", per)
+	}
+	return nil
+}
+
+// checkMessageAction is the rule for what happens to a message over the
+// rate; "" is the default, drop.
+func checkMessageAction(action string) error {
+	if action != "" && action != "drop" && action != "close" && action != "notify" {
+		return fmt.Errorf("action must be drop, close or notify, not %q", action)
+	}
 	return nil
 }
 
@@ -128,7 +168,7 @@ func newRateLimiter(events int, window time.Duration, perUser bool) *rateLimiter
 // check applies the rules of a handshake rate: checkRate and
 // checkRatePer.
 func (hr *HandshakeRate) check() error {
-	if err := checkRate(hr.Events, time.Duration(hr.Window)); err != nil {
+	if err := checkRate(hr.Events, time.Duration(hr.Window), minHandshakeInterval); err != nil {
 		return fmt.Errorf("rate_limit handshakes: %v", err)
 	}
 	if err := checkRatePer(hr.Per); err != nil {
@@ -146,18 +186,26 @@ func checkRatePer(per string) error {
 	return nil
 }
 
-// maxRateWindow keeps the limiter's arithmetic far from overflow.
-const maxRateWindow = 366 * 24 * time.Hour
+const (
+	// maxRateWindow keeps the limiter's arithmetic far from overflow.
+	maxRateWindow = 366 * 24 * time.Hour
+	// minHandshakeInterval is the shortest interval between handshakes
+	// that a rate may ask for.
+	minHandshakeInterval = time.Millisecond
+	// minMessageInterval is the shortest interval between messages that a
+	// rate may ask for: 1000000/1s, a million messages a second.
+	minMessageInterval = time.Microsecond
+)
 
 // checkRate is the rule for events per window, for the Caddyfile and JSON
-// alike; the caller names the option. At least 1ms per event keeps the
-// interval between events meaningful.
-func checkRate(events int, window time.Duration) error {
+// alike; the caller names the option. At least minInterval per event
+// keeps the interval between events meaningful.
+func checkRate(events int, window, minInterval time.Duration) error {
 	if events <= 0 || window <= 0 {
 		return fmt.Errorf("need a positive count and window")
 	}
-	if window > maxRateWindow || window/time.Duration(events) < time.Millisecond {
-		return fmt.Errorf("the window must be at most %s, and at least 1ms per event", maxRateWindow)
+	if window > maxRateWindow || window/time.Duration(events) < minInterval {
+		return fmt.Errorf("the window must be at most %s, and at least %s per event", maxRateWindow, minInterval)
 	}
 	return nil
 }
