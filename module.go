@@ -156,15 +156,15 @@ type Handler struct {
 	// `refresh_message` alone means refresh_token).
 	RefreshMessage string `json:"refresh_message,omitempty"`
 
-	keys         *keyring
-	methods      map[string]jwt.SigningMethod // the allowed algorithms
-	sources      []tokenSource
-	firstMsg     *firstMessage
-	ipLimit      Limiter   // handshakes per client IP
-	userLimit    Limiter   // handshakes per user
-	blocklist    Blocklist // the file's entries and those added at run time
-	needIP       bool      // the client IP is looked up: a list or a limit per IP
-	limiterKey   string
+	keys       *keyring
+	methods    map[string]jwt.SigningMethod // the allowed algorithms
+	sources    []tokenSource
+	firstMsg   *firstMessage
+	ipLimit    Limiter   // handshakes per client IP
+	userLimit  Limiter   // handshakes per user
+	blocklist  Blocklist // the file's entries and those added at run time
+	needIP     bool      // the client IP is looked up: a list or a limit per IP
+	limiterKey string
 	// The rules on live connections.
 	expire        bool
 	msgRate       *messageRate // nil: no message limit
@@ -174,17 +174,17 @@ type Handler struct {
 	refreshQuoted []byte // the type as a JSON string
 	refreshLimit  int64  // the largest refresh message
 	unsubscribe   func() // from the blocklist file's changes
-	blocklistKey string
-	origins      originMatcher
-	codes        [numReasons]uint16
-	issuers      []string
-	audiences    []string
-	userClaim    string
-	scopeClaim   string
-	needMap      bool // user or scope claim is not in tokenClaims
-	maxToken     int
-	strip        bool
-	closeMode    bool
+	blocklistKey  string
+	origins       originMatcher
+	codes         [numReasons]uint16
+	issuers       []string
+	audiences     []string
+	userClaim     string
+	scopeClaim    string
+	needMap       bool // user or scope claim is not in tokenClaims
+	maxToken      int
+	strip         bool
+	closeMode     bool
 	// insufficientScope is the WWW-Authenticate value of a 403 for scopes.
 	insufficientScope string
 	logger            *zap.Logger
