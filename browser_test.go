@@ -353,3 +353,96 @@ func (b *browserOutput) String() string {
 	defer b.mu.Unlock()
 	return b.b.String()
 }
+
+// TestBrowserSeesExpiry: a page whose WebSocket's token expires while it is
+// open reads CloseEvent.code 4001 and reason "expired", after the echo of
+// what it sent.
+func TestBrowserSeesExpiry(t *testing.T) {
+	browser := findBrowser(t)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+
+	up := newUpstream(t)
+	addr := startCaddyFor(t, func(addr string) string {
+		return `
+	handle /page {
+		header Content-Type "text/html; charset=utf-8"
+		respond "` + browserPage + `" 200
+	}
+	handle /ws {
+		ws_auth {
+			secret ` + testSecret + `
+			token_source query
+			allowed_origins http://` + addr + `
+		}
+		reverse_proxy %UPSTREAM%
+	}`
+	}, up.addr())
+
+	userDataDir, err := os.MkdirTemp("", "wsauth-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer removeProfile(t, userDataDir)
+	var output browserOutput
+	allocCtx, allocCancel := chromedp.NewExecAllocator(ctx, append(browserFlags(userDataDir),
+		chromedp.ExecPath(browser), chromedp.CombinedOutput(&output))...)
+	defer allocCancel()
+	events := new(wsEvents)
+	bctx, bcancel := chromedp.NewContext(allocCtx, chromedp.WithListener(events.listen))
+	defer bcancel()
+	defer func() {
+		cctx, ccancel := context.WithTimeout(bctx, 10*time.Second)
+		defer ccancel()
+		if err := chromedp.Cancel(cctx); err != nil {
+			t.Logf("closing the browser: %v", err)
+		}
+	}()
+
+	pageURL := "http://" + addr + "/page"
+	if err := chromedp.Do(bctx, chromedp.Navigate(pageURL)); err != nil {
+		t.Fatalf("navigating to %s: %v\nbrowser output:\n%s", pageURL, err, output.String())
+	}
+
+	// Made once the browser is up, so that it is still valid at the
+	// handshake: exp is 2 to 3 seconds ahead.
+	tok := hs256(t, claims("alice", func(c jwt.MapClaims) { c["exp"] = time.Now().Add(3 * time.Second).Unix() }))
+	// Sends "hello" once open, keeps the connection open, and resolves with
+	// what it saw when the close event fires, or after 12 seconds without.
+	script := fmt.Sprintf(`(async () => {
+	const url = %s;
+	return await new Promise((resolve) => {
+		const r = {opened: false, protocol: "", messages: [], errored: false, code: 0, reason: "", wasClean: false};
+		setTimeout(() => resolve(r), 12000); // no close event: say what was seen
+		const ws = new WebSocket(url);
+		ws.onopen = () => { r.opened = true; ws.send("hello"); };
+		ws.onmessage = (e) => { r.messages.push(String(e.data)); };
+		ws.onerror = () => { r.errored = true; };
+		ws.onclose = (e) => {
+			r.code = e.code;
+			r.reason = e.reason;
+			r.wasClean = e.wasClean;
+			resolve(r);
+		};
+	});
+})()`, mustJSON("ws://"+addr+"/ws?token="+tok))
+	cctx, ccancel := context.WithTimeout(bctx, 20*time.Second)
+	r, err := chromedp.Run(cctx, chromedp.Evaluate[wsResult](script, chromedp.EvalAwaitPromise))
+	ccancel()
+	defer func() {
+		if t.Failed() {
+			lines, _ := events.since(0)
+			t.Logf("page saw %+v; browser network events:\n\t%s", r, strings.ReplaceAll(strings.Join(lines, "\n\t"), tok, "<token>"))
+		}
+	}()
+	if err != nil {
+		t.Fatalf("evaluating the script: %v", err)
+	}
+	if !r.Opened || !slices.Equal(r.Messages, []string{"hello"}) {
+		t.Errorf("opened %v, received %q; want open and the echo before expiry", r.Opened, r.Messages)
+	}
+	if r.Code != 4001 || r.Reason != "expired" || !r.WasClean {
+		t.Errorf("CloseEvent code %d reason %q clean %v, want a clean 4001 \"expired\"", r.Code, r.Reason, r.WasClean)
+	}
+}
