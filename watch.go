@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"time"
 )
 
@@ -169,10 +168,11 @@ func (c *liveConn) read(p []byte) (int, error) {
 		in.hn = 0
 		n, err := c.src.Read(p[hn:])
 		stopped := false
-		if err != nil && c.interrupted.Load() && isTimeout(err) {
+		if err != nil && c.interrupted.Load() {
 			// The module's own interruption of a client that did not
-			// answer its Close: the top of the loop closes the upstream,
-			// if the client is not in the middle of a frame.
+			// answer its Close (a deadline, or the stream's body closed):
+			// the top of the loop closes the upstream, if the client is
+			// not in the middle of a frame.
 			err, stopped = nil, true
 		}
 		w := 0
@@ -406,15 +406,6 @@ func (c *liveConn) flushPending() error {
 		return c.flush()
 	}
 	return nil
-}
-
-// isTimeout reports whether err is a deadline that passed.
-func isTimeout(err error) bool {
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return true
-	}
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // liveWriter is the ResponseWriter the handlers after ws_auth get for an
