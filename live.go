@@ -67,7 +67,8 @@ type liveConn struct {
 
 	in inbound // the reading goroutine's
 
-	wmu         sync.Mutex // guards out, pending, closeQueued, sentClose, and writes to dst
+	wmu         sync.Mutex // guards out, pending, closeQueued, sentClose, done, and writes to dst
+	done        bool       // ended: the client's writer may be gone with the handler
 	out         outbound
 	pending     []byte // frames for the client, waiting for a frame boundary
 	closeQueued bool
@@ -127,6 +128,10 @@ func (c *liveConn) start() {
 // took it): the timers stop, and the registry forgets it.
 func (c *liveConn) end() {
 	c.state.Store(stateEnded)
+	// An injection under way finishes first; none starts after.
+	c.wmu.Lock()
+	c.done = true
+	c.wmu.Unlock()
 	c.mu.Lock()
 	if c.expiry != nil {
 		c.expiry.Stop()

@@ -351,6 +351,9 @@ func (o *outbound) scan(p []byte, all bool) int {
 func (c *liveConn) write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if c.done {
+		return 0, net.ErrClosed
+	}
 	total := len(p)
 	for len(p) > 0 {
 		if c.sentClose {
@@ -382,7 +385,7 @@ func (c *liveConn) write(p []byte) (int, error) {
 func (c *liveConn) inject(frame []byte, close bool) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.sentClose || c.closeQueued {
+	if c.done || c.sentClose || c.closeQueued {
 		return
 	}
 	c.pending = append(c.pending, frame...)
@@ -446,6 +449,9 @@ func (lw *liveWriter) FlushError() error {
 	if lw.upgraded && lw.lc.stream && lw.lc.started {
 		lw.lc.wmu.Lock()
 		defer lw.lc.wmu.Unlock()
+		if lw.lc.done {
+			return net.ErrClosed
+		}
 	}
 	return http.NewResponseController(lw.ResponseWriter).Flush()
 }
