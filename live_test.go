@@ -146,6 +146,57 @@ func TestLiveRevocationRuntime(t *testing.T) {
 	waitLiveCount(t, 0)
 }
 
+// TestLiveRegistry: the registry lists what a connection is (user, jti,
+// IP, origin, path, token source, since, expiry), and closes the
+// connections of one user with a code and reason of the caller's, as the
+// admin API will; the others stay open.
+func TestLiveRegistry(t *testing.T) {
+	up := newLiveUpstream(t)
+	addr := startCaddy(t, site(""), up.addr())
+	exp := time.Now().Add(time.Hour).Truncate(time.Second)
+	alice := dialLive(t, liveURL(addr, "/ws/a", hs256(t, claims("alice", func(c jwt.MapClaims) { c["exp"] = exp.Unix() }))))
+	bob := dialLive(t, liveURL(addr, "/ws/b", hs256(t, claims("bob"))))
+	alice.echo("alice before")
+	bob.echo("bob before")
+	waitLiveCount(t, 2)
+
+	var found *liveConn
+	liveConns.mu.RLock()
+	for c := range liveConns.conns {
+		if c.user == "alice" {
+			found = c
+		}
+	}
+	liveConns.mu.RUnlock()
+	if found == nil {
+		t.Fatal("alice's connection is not in the registry")
+	}
+	found.mu.Lock()
+	got := fmt.Sprintf("%s %s %s %s %s", found.jti, found.ip, found.path, found.source, found.expires.UTC().Format(time.RFC3339))
+	found.mu.Unlock()
+	if want := "jti-alice 127.0.0.1 /ws/a query " + exp.UTC().Format(time.RFC3339); got != want {
+		t.Errorf("registry entry: %q, want %q", got, want)
+	}
+	if found.id == 0 || found.since.IsZero() || time.Since(found.since) > time.Minute {
+		t.Errorf("registry entry: id %d, since %v", found.id, found.since)
+	}
+
+	n := liveConns.closeWhere(func(c *liveConn) bool { return c.user == "alice" }, 4000, "kicked")
+	if n != 1 {
+		t.Errorf("closeWhere(alice) closed %d connections, want 1", n)
+	}
+	if got := alice.closeWithin(5 * time.Second); got != "close 4000 kicked" {
+		t.Errorf("alice, closed by the registry: %s, want close 4000 kicked", got)
+	}
+	if code := up.ended(t); code != websocket.CloseGoingAway {
+		t.Errorf("alice's upstream got close %d, want 1001", code)
+	}
+	bob.echo("bob after")
+	waitLiveCount(t, 1)
+	bob.close()
+	waitLiveCount(t, 0)
+}
+
 // TestLiveMessageDrop: over the rate, messages are not forwarded, and the
 // connection stays open: pings still go through both ways.
 func TestLiveMessageDrop(t *testing.T) {

@@ -34,7 +34,7 @@ type clientStream struct {
 	rc   *http.ResponseController
 	body io.ReadCloser
 
-	mu    sync.Mutex // guards ended, for interrupt
+	mu    sync.Mutex // guards ended and the deadlines
 	ended bool       // hung up: the stream may be gone with its handler
 
 	// The read deadline of an HTTP/2 or HTTP/3 stream: when it passes, the
@@ -108,8 +108,16 @@ func acceptStream(w http.ResponseWriter, req *http.Request, proto string, first 
 }
 
 // setDeadline sets the read and write deadline of the stream; the zero
-// time clears them.
+// time clears them. It may be called from any goroutine: an HTTP/2
+// writer's deadlines are not safe for concurrent use.
 func (cs *clientStream) setDeadline(t time.Time) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.setDeadlineLocked(t)
+}
+
+// setDeadlineLocked is setDeadline with cs.mu held.
+func (cs *clientStream) setDeadlineLocked(t time.Time) {
 	if cs.conn != nil {
 		_ = cs.conn.SetDeadline(t)
 		return
@@ -190,7 +198,7 @@ func (cs *clientStream) interrupt() {
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	if !cs.ended {
-		cs.setDeadline(time.Now())
+		cs.setDeadlineLocked(time.Now())
 	}
 }
 
