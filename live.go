@@ -204,6 +204,7 @@ func (c *liveConn) allowMessage() bool {
 	if ok {
 		return true
 	}
+	c.h.violation(c, "rate_limited")
 	switch mr.action {
 	case "close":
 		c.shut(closeRateLimited, "rate_limited")
@@ -415,6 +416,15 @@ func tokenMessage(payload, quotedType []byte) (typ, token []byte, err error) {
 		return err
 	})
 	return typ, token, err
+}
+
+// violation is the one place where a live connection breaking a message
+// rule (rate_limited, too_big) is reported: logged at DEBUG today, the
+// hook of block_after (auto-bans) and the metrics next.
+func (h *Handler) violation(c *liveConn, what string) {
+	if ce := h.logger.Check(zap.DebugLevel, "websocket message rule broken"); ce != nil {
+		ce.Write(zap.String("rule", what), zap.String("user", truncate(c.user, 200)), zap.String("remote_ip", c.ip))
+	}
 }
 
 // logLiveClose logs a live connection closed by a rule.

@@ -131,7 +131,7 @@ type inbound struct {
 	dropMsg    bool  // the current data message is not forwarded
 
 	out      []byte // bytes for the upstream that the next reads return first
-	outBuf   [2 + 4 + 2 + maxCloseReason]byte
+	outBuf   [2 + 4 + 2]byte // the upstream's Close 1001, masked, without a reason
 	finished bool  // the upstream got its Close: reading is over
 	err      error // a read error held back while bytes went out
 }
@@ -283,6 +283,7 @@ func (c *liveConn) onFrame(fh *frameHeader) bool {
 	}
 	in.msgSize += fh.length
 	if c.h.MaxMessageSize > 0 && in.msgSize > c.h.MaxMessageSize {
+		c.h.violation(c, "too_big")
 		c.shut(closeTooBig, "too_big")
 		return false
 	}
