@@ -1,6 +1,7 @@
 package wsauth
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -8,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -1201,5 +1203,67 @@ func endStream(t *testing.T, pw *io.PipeWriter, frames <-chan wsFrame) {
 		case <-timeout:
 			t.Fatal("the stream did not end after the Close")
 		}
+	}
+}
+
+// TestLiveReadAhead: frames a client sends in the same write as its
+// handshake are read by the server before reverse_proxy hijacks the
+// connection; they pass the watch too: of five messages sent that way
+// with a rate of three, the upstream gets three.
+func TestLiveReadAhead(t *testing.T) {
+	up := newLiveUpstream(t)
+	addr := startCaddy(t, site("rate_limit messages 3/1m per connection drop"), up.addr())
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	req := "GET /ws?token=" + hs256(t, claims("alice")) + " HTTP/1.1\r\nHost: " + addr +
+		"\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+	b := []byte(req)
+	for i := 1; i <= 5; i++ {
+		b = append(b, maskedText(fmt.Sprintf("m%d", i))...)
+	}
+	if _, err := conn.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %v, %v", resp, err)
+	}
+	var echoed []string
+	for len(echoed) < 3 {
+		f, err := readFrame(br)
+		if err != nil {
+			t.Fatalf("after %q: %v", echoed, err)
+		}
+		echoed = append(echoed, string(f.payload))
+	}
+	want := []string{"m1", "m2", "m3"}
+	if !slices.Equal(echoed, want) {
+		t.Errorf("echoed %q, want %q", echoed, want)
+	}
+	// A ping after them: once its pong is back, the upstream has read
+	// everything before it.
+	if _, err := conn.Write(maskedFrame(opPing, "p")); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		f, err := readFrame(br)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.op == opPong {
+			break
+		}
+		if f.op == opText && !strings.HasPrefix(string(f.payload), "pinged:") {
+			t.Errorf("echo of a dropped message: %q", f.payload)
+		}
+	}
+	if got := up.messages(); !slices.Equal(got, want) {
+		t.Errorf("upstream received %q, want %q", got, want)
 	}
 }

@@ -66,9 +66,12 @@ func readServerFrame(t *testing.T, r io.Reader) (byte, []byte) {
 
 // maskedText is a client text frame (masked, as RFC 6455 requires) holding
 // s, at most 64 KiB.
-func maskedText(s string) []byte {
+func maskedText(s string) []byte { return maskedFrame(opText, s) }
+
+// maskedFrame is a client frame of opcode op holding s, at most 64 KiB.
+func maskedFrame(op byte, s string) []byte {
 	mask := [4]byte{1, 2, 3, 4}
-	b := []byte{0x81}
+	b := []byte{0x80 | op}
 	if len(s) < 126 {
 		b = append(b, 0x80|byte(len(s)))
 	} else {
