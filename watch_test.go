@@ -712,6 +712,25 @@ func TestWatcherRefreshCompletedByRead(t *testing.T) {
 	})
 }
 
+// TestWatcherRefreshNearBufferEnd: a refresh message that starts near the
+// end of reverse_proxy's buffer, after other frames of the same read, is
+// a refresh message all the same: it must not reach the upstream.
+func TestWatcherRefreshNearBufferEnd(t *testing.T) {
+	exp := time.Now().Add(3 * time.Hour).Unix()
+	tok := hs256(t, claims("alice", func(c jwt.MapClaims) { c["exp"] = exp }))
+	refresh := cf(true, opText, `{"type":"refresh_token","token":"`+tok+`"}`)
+	filler := wsFrame(true, opBinary, make([]byte, 4000), testMask, 0)
+	after := cf(true, opText, "after")
+	stream := cat(filler, refresh, after)
+	var client bytes.Buffer
+	c := refreshConn(t, &chunkReader{b: stream}, &client)
+	out, err := relay(t, c, 4096, 100) // the refresh starts at 4008 and ends past 4096
+	if want := cat(filler, after); err != io.EOF || !bytes.Equal(out, want) {
+		t.Errorf("%v: the upstream got %d bytes (refresh token forwarded: %v), not %d", err, len(out), bytes.Contains(out, refresh), len(want))
+	}
+	checkRefreshed(t, c, &client, exp)
+}
+
 // TestWatcherNotRefreshForwarded: text frames that look like JSON, or like
 // a refresh message, but are not one reach the upstream unchanged, mask
 // and all, and the connection stays open.
