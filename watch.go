@@ -217,6 +217,9 @@ func (c *liveConn) filter(p []byte, n int) (int, error) {
 		}
 		fh, hl, err := parseFrameHeader(p[r:n])
 		if err != nil {
+			if c.closing() {
+				return w, nil // dropped like any frame now; the upstream gets its Close next
+			}
 			// Not a frame the upstream could read either: hand the rest
 			// on as it is and let the upstream refuse it.
 			return c.passRest(p, r, w, n), nil
