@@ -24,6 +24,9 @@ const (
 	// Close codes of the rules on live connections.
 	closeTooBig      = 1009 // max_message_size (RFC 6455, section 7.4.1)
 	closeRateLimited = 1008 // rate_limit messages ... close
+	// closeProtocolError fails a connection whose client broke the
+	// framing (RFC 6455, section 7.4.1).
+	closeProtocolError = 1002
 )
 
 // Connection states.

@@ -77,11 +77,20 @@ func parseFrameHeader(b []byte) (fh frameHeader, n int, err error) {
 	return fh, n, nil
 }
 
-// unmask XORs b with the mask, the frame's payload starting at offset off.
-// It is its own inverse.
+// unmask XORs b with the mask, the frame's payload starting at offset off,
+// eight bytes at a time. It is its own inverse.
 func unmask(b []byte, mask [4]byte, off int64) {
-	for i := range b {
-		b[i] ^= mask[(off+int64(i))&3]
+	var m [8]byte
+	for i := range m {
+		m[i] = mask[(off+int64(i))&3]
+	}
+	m64 := binary.LittleEndian.Uint64(m[:])
+	i := 0
+	for ; i+8 <= len(b); i += 8 {
+		binary.LittleEndian.PutUint64(b[i:], binary.LittleEndian.Uint64(b[i:])^m64)
+	}
+	for ; i < len(b); i++ {
+		b[i] ^= m[i&7]
 	}
 }
 
@@ -130,10 +139,25 @@ type inbound struct {
 	msgSize    int64 // bytes of the current data message so far
 	dropMsg    bool  // the current data message is not forwarded
 
-	out      []byte // bytes for the upstream that the next reads return first
+	hold   []byte // a refresh candidate cut by the end of the buffer
+	broken bool   // the client's framing broke: nothing more is forwarded
+
+	out      []byte          // bytes for the upstream that the next reads return first
 	outBuf   [2 + 4 + 2]byte // the upstream's Close 1001, masked, without a reason
-	finished bool  // the upstream got its Close: reading is over
-	err      error // a read error held back while bytes went out
+	finished bool            // the upstream got its Close: reading is over
+	err      error           // a read error held back while bytes went out
+}
+
+// atBoundary reports whether the upstream has had whole frames only.
+func (in *inbound) atBoundary() bool { return in.hn == 0 && in.left == 0 && len(in.hold) == 0 }
+
+// knownOpcode reports whether op is one that RFC 6455 defines.
+func knownOpcode(op byte) bool {
+	switch op {
+	case opContinuation, opText, opBinary, opClose, opPing, opPong:
+		return true
+	}
+	return false
 }
 
 // read is the client connection's Read as reverse_proxy's copy to the
@@ -150,22 +174,28 @@ func (c *liveConn) read(p []byte) (int, error) {
 		if in.finished {
 			return 0, errLiveClosed
 		}
-		if in.err != nil {
-			return 0, in.err
-		}
-		if c.closing() && in.hn == 0 && in.left == 0 {
+		if c.closing() && (in.atBoundary() || in.broken) {
 			// At a frame boundary of a connection the module closes: the
 			// upstream gets its Close, then the copy ends.
 			in.out = appendMaskedCloseFrame(in.outBuf[:0], closeGoingAway, "")
 			in.finished = true
 			continue
 		}
-		hn := in.hn
+		if in.err != nil {
+			return 0, in.err
+		}
+		// What the last read held back (a header cut by the end of the
+		// buffer, or a refresh candidate) starts this one.
+		carry := in.hdr[:in.hn]
+		if len(in.hold) > 0 {
+			carry = in.hold
+		}
+		hn := len(carry)
 		if len(p) <= hn {
 			return 0, errShortBuffer
 		}
-		copy(p, in.hdr[:hn])
-		in.hn = 0
+		copy(p, carry)
+		in.hn, in.hold = 0, nil
 		n, err := c.src.Read(p[hn:])
 		stopped := false
 		if err != nil && c.interrupted.Load() {
@@ -182,15 +212,14 @@ func (c *liveConn) read(p []byte) (int, error) {
 				err = ferr
 			}
 		}
-		if stopped && err == nil && (in.hn > 0 || in.left > 0) {
+		if stopped && err == nil && !in.atBoundary() && !in.broken {
 			err = errLiveClosed
 		}
+		// An error goes out after the bytes before it, and after the
+		// upstream's Close if the module is closing.
+		in.err = err
 		if w > 0 {
-			in.err = err
 			return w, nil
-		}
-		if err != nil {
-			return 0, err
 		}
 	}
 }
@@ -216,19 +245,29 @@ func (c *liveConn) filter(p []byte, n int) (int, error) {
 			continue
 		}
 		fh, hl, err := parseFrameHeader(p[r:n])
+		if err == nil && hl > 0 && (!fh.masked || !knownOpcode(fh.opcode)) {
+			err = errBadFrame // RFC 6455, section 5.1 and 5.2
+		}
 		if err != nil {
-			if c.closing() {
-				return w, nil // dropped like any frame now; the upstream gets its Close next
-			}
-			// Not a frame the upstream could read either: hand the rest
-			// on as it is and let the upstream refuse it.
-			return c.passRest(p, r, w, n), nil
+			// The client's framing is broken: nothing more is forwarded,
+			// and the connection is failed (RFC 6455, section 7.1.7). The
+			// upstream has had whole frames only, so its Close can follow.
+			in.broken = true
+			c.shut(closeProtocolError, "protocol_error")
+			return w, nil
 		}
 		if hl == 0 {
 			in.hn = copy(in.hdr[:], p[r:n])
 			break
 		}
-		if end := r + hl + int(fh.length); c.isRefreshCandidate(&fh) && end <= len(p) {
+		if c.isRefreshCandidate(&fh) && hl+int(fh.length) <= len(p) {
+			end := r + hl + int(fh.length)
+			if end > len(p) {
+				// No room for it after the frames before it: the next
+				// read starts with it.
+				in.hold = append([]byte(nil), p[r:n]...)
+				break
+			}
 			if end > n {
 				// The rest of the frame is on its way: a refresh
 				// message is decided whole.
@@ -253,14 +292,6 @@ func (c *liveConn) filter(p []byte, n int) (int, error) {
 		in.left, in.keep = fh.length, keep
 	}
 	return w, nil
-}
-
-// passRest forwards p[r:n] unfiltered, from now on.
-func (c *liveConn) passRest(p []byte, r, w, n int) int {
-	c.in.left, c.in.keep = 1<<62, true
-	copy(p[w:], p[r:n])
-	c.in.left -= int64(n - r)
-	return w + n - r
 }
 
 // onFrame applies the message rules to a client frame and reports whether

@@ -25,10 +25,10 @@ import (
 // testMask is the mask of the client frames the tests build.
 var testMask = []byte{0x3a, 0xc5, 0x7e, 0x91}
 
-// wsFrame builds a frame: masked with mask (a client's) or unmasked (nil,
+// clientFrame builds a frame: masked with mask (a client's) or unmasked (nil,
 // a server's). ext forces the 16-bit (2) or 64-bit (8) length form, which
 // a short payload would not need.
-func wsFrame(fin bool, op byte, payload, mask []byte, ext int) []byte {
+func clientFrame(fin bool, op byte, payload, mask []byte, ext int) []byte {
 	b0 := op
 	if fin {
 		b0 |= 0x80
@@ -59,7 +59,7 @@ func wsFrame(fin bool, op byte, payload, mask []byte, ext int) []byte {
 
 // cf is a client frame, masked, its length in the shortest form.
 func cf(fin bool, op byte, payload string) []byte {
-	return wsFrame(fin, op, []byte(payload), testMask, 0)
+	return clientFrame(fin, op, []byte(payload), testMask, 0)
 }
 
 func cat(frames ...[]byte) []byte { return bytes.Join(frames, nil) }
@@ -178,7 +178,7 @@ type refFrame struct {
 // refParse parses a whole stream at once, independently of the watcher:
 // its complete frames, up to the first header that is not one (bad) or the
 // first incomplete frame; tail is where it stopped.
-func refParse(b []byte) (frames []refFrame, tail int, bad bool) {
+func refParse(b []byte, client bool) (frames []refFrame, tail int, bad bool) {
 	i := 0
 	for len(b)-i >= 2 {
 		b0, b1 := b[i], b[i+1]
@@ -203,7 +203,7 @@ func refParse(b []byte) (frames []refFrame, tail int, bad bool) {
 			n = binary.BigEndian.Uint64(b[i+2:])
 		}
 		fin, op := b0&0x80 != 0, b0&0x0F
-		if n >= 1<<63 || (op >= 8 && (!fin || n > 125)) {
+		if n >= 1<<63 || (op >= 8 && (!fin || n > 125)) || client && (b1&0x80 == 0 || !knownOpcode(op)) {
 			return frames, i, true
 		}
 		if uint64(len(b)-i-hl) < n {
@@ -219,7 +219,7 @@ func refParse(b []byte) (frames []refFrame, tail int, bad bool) {
 // every frame complete, known opcodes only, continuations only inside a
 // fragmented message and no new message inside one.
 func refWellFormed(b []byte) ([]refFrame, bool) {
-	frames, tail, bad := refParse(b)
+	frames, tail, bad := refParse(b, true)
 	if bad || tail != len(b) {
 		return nil, false
 	}
@@ -291,7 +291,7 @@ func refMaxSize(b []byte, frames []refFrame, limit int) ([]byte, bool) {
 // namesRefresh reports whether a complete text frame of stream names the
 // refresh type once unmasked.
 func namesRefresh(stream []byte) bool {
-	frames, _, _ := refParse(stream)
+	frames, _, _ := refParse(stream, true)
 	for _, f := range frames {
 		if f.op != opText {
 			continue
@@ -398,7 +398,7 @@ func runWrite(t testing.TB, stream, sizes []byte, frame []byte, at int) ([]byte,
 // start of the stream or the end of a complete frame, and there is none
 // past a header that is not one.
 func refInjected(stream, frame []byte, point int) ([]byte, bool) {
-	frames, _, _ := refParse(stream)
+	frames, _, _ := refParse(stream, false)
 	at := -1
 	if point == 0 {
 		at = 0
@@ -419,11 +419,11 @@ func FuzzWatcherRelay(f *testing.F) {
 		// Text and binary, 7-, 16- and 64-bit lengths.
 		cat(cf(true, opText, "hello"), cf(true, opBinary, "\x00\x01\x02")),
 		cat(cf(true, opText, strings.Repeat("a", 300)), cf(true, opText, "b")),
-		cat(wsFrame(true, opBinary, []byte("64-bit form"), testMask, 8), cf(true, opText, "x")),
-		cat(wsFrame(true, opText, []byte("16"), testMask, 2), wsFrame(true, opText, nil, testMask, 8)),
+		cat(clientFrame(true, opBinary, []byte("64-bit form"), testMask, 8), cf(true, opText, "x")),
+		cat(clientFrame(true, opText, []byte("16"), testMask, 2), clientFrame(true, opText, nil, testMask, 8)),
 		// (A true 64-bit length, 64 KiB and more, is left to the unit
 		// tests: seeds that large slow the fuzzer down.)
-		cat(cf(true, opText, "first"), wsFrame(true, opBinary, bytes.Repeat([]byte{7}, 1000), testMask, 8), cf(true, opPing, "p")),
+		cat(cf(true, opText, "first"), clientFrame(true, opBinary, bytes.Repeat([]byte{7}, 1000), testMask, 8), cf(true, opPing, "p")),
 		// Fragmented messages with control frames in between.
 		cat(cf(false, opText, "frag1"), cf(true, opPing, "ping"), cf(false, opContinuation, "frag2"),
 			cf(true, opPong, ""), cf(true, opContinuation, "frag3"), cf(true, opText, "next"),
@@ -435,7 +435,7 @@ func FuzzWatcherRelay(f *testing.F) {
 		// A close frame, and frames after it.
 		cat(cf(true, opText, "bye"), cf(true, opClose, "\x03\xe8done"), cf(true, opText, "late")),
 		// Unmasked frames (a client must not, but the filter passes them).
-		cat(wsFrame(true, opText, []byte("plain"), nil, 0), wsFrame(true, opText, []byte("plain2"), nil, 2)),
+		cat(clientFrame(true, opText, []byte("plain"), nil, 0), clientFrame(true, opText, []byte("plain2"), nil, 2)),
 		// A truncated header, a truncated payload.
 		cat(cf(true, opText, "ok"), []byte{0x81, 0xFE, 0x01}),
 		cat(cf(true, opText, "ok"), cf(true, opBinary, "truncated")[:8]),
@@ -443,7 +443,7 @@ func FuzzWatcherRelay(f *testing.F) {
 		// Garbage: a length with the top bit, an oversized and a
 		// fragmented control frame, reserved opcodes, a stray continuation.
 		cat(cf(true, opText, "a"), []byte{0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4}, cf(true, opText, "after")),
-		cat(cf(true, opText, "a"), wsFrame(true, opPing, make([]byte, 126), testMask, 0), cf(true, opText, "b")),
+		cat(cf(true, opText, "a"), clientFrame(true, opPing, make([]byte, 126), testMask, 0), cf(true, opText, "b")),
 		cat(cf(true, opText, "a"), cf(false, opPing, "p"), cf(true, opText, "b")),
 		cat(cf(true, opText, "a"), cf(true, 0x3, "reserved"), cf(true, 0xB, "r"), cf(true, opText, "b")),
 		cat(cf(true, opContinuation, "stray"), cf(true, opText, "a"), cf(true, opContinuation, "stray")),
@@ -464,30 +464,42 @@ func FuzzWatcherRelay(f *testing.F) {
 		bufSize := maxFrameHeader + int(buf)%1024
 		eofWithData := flags&1 != 0
 		frames, wellFormed := refWellFormed(stream)
-		_, tail, bad := refParse(stream)
+		_, tail, bad := refParse(stream, true)
 		held := refHeldHeader(stream, tail, bad)
 		whole := len(stream) + maxFrameHeader
 
 		// No rules: the upstream gets the client's bytes as they are,
 		// but for an incomplete header at the end, held for a next read
 		// that never comes.
+		// A frame that breaks the framing (a bad header, no mask, an
+		// unknown opcode) fails the connection: the upstream gets the
+		// whole frames before it, then the module's Close.
 		open := watcherHandler(t)
-		out, err, _, _ := runRead(t, open, stream, sizes, eofWithData, bufSize)
-		if err != io.EOF {
+		out, err, oc, _ := runRead(t, open, stream, sizes, eofWithData, bufSize)
+		out = stripClose(t, oc, out, err)
+		want := stream[:len(stream)-held]
+		if bad {
+			want = stream[:tail]
+			if !oc.in.finished {
+				t.Fatalf("no rules, a bad frame at %d: relay ended with %v and no Close", tail, err)
+			}
+		} else if err != io.EOF {
 			t.Fatalf("no rules: relay ended with %v, not EOF", err)
 		}
-		if want := stream[:len(stream)-held]; !bytes.Equal(out, want) {
+		if !bytes.Equal(out, want) {
 			t.Fatalf("no rules: the upstream got\n% x\nnot\n% x", out, want)
 		}
 
 		// Only the first message passes: the reference's frames, the
 		// same for any chunking.
 		drop := watcherHandler(t, firstMessageOnly)
-		out, err, _, _ = runRead(t, drop, stream, sizes, eofWithData, bufSize)
-		if err != io.EOF {
+		out, err, dc, _ := runRead(t, drop, stream, sizes, eofWithData, bufSize)
+		out = stripClose(t, dc, out, err)
+		if err != io.EOF && !bad {
 			t.Fatalf("first message only: relay ended with %v, not EOF", err)
 		}
-		whole1, _, _, _ := runRead(t, drop, stream, nil, false, whole)
+		whole1, werr1, wc1, _ := runRead(t, drop, stream, nil, false, whole)
+		whole1 = stripClose(t, wc1, whole1, werr1)
 		if !bytes.Equal(out, whole1) {
 			t.Fatalf("first message only: chunked, the upstream got\n% x\nread whole\n% x", out, whole1)
 		}
@@ -524,7 +536,7 @@ func FuzzWatcherRelay(f *testing.F) {
 		// type: the upstream gets the client's bytes as they are, but for
 		// an incomplete frame at the end, held back to be decided whole.
 		out, err, _, shut = runRead(t, refresh, stream, sizes, eofWithData, bufSize)
-		if !namesRefresh(stream) {
+		if !namesRefresh(stream) && !bad {
 			if err != io.EOF && err != io.ErrUnexpectedEOF {
 				t.Fatalf("refresh_message: relay ended with %v, not EOF", err)
 			}
@@ -562,17 +574,14 @@ func TestWatcherSplitHeader(t *testing.T) {
 		mask []byte
 		ext  int
 	}{
-		{"2-byte", nil, 0},
-		{"4-byte", nil, 2},
 		{"6-byte", testMask, 0},
 		{"8-byte", testMask, 2},
-		{"10-byte", nil, 8},
 		{"14-byte", testMask, 8},
 	}
 	first := cf(true, opText, "first")
 	ping := cf(true, opPing, "ping")
 	for _, hd := range headers {
-		second := wsFrame(true, opBinary, payload, hd.mask, hd.ext)
+		second := clientFrame(true, opBinary, payload, hd.mask, hd.ext)
 		hl := len(second) - len(payload)
 		stream := cat(first, second, ping)
 		for _, drop := range []bool{false, true} {
@@ -617,12 +626,12 @@ func TestWatcherDroppedFragmentsStraddleReads(t *testing.T) {
 	pong := cf(true, opPong, "")
 	closeFrame := cf(true, opClose, "\x03\xe8")
 	dropped := cat(
-		wsFrame(false, opText, bytes.Repeat([]byte("A"), 300), testMask, 0),
+		clientFrame(false, opText, bytes.Repeat([]byte("A"), 300), testMask, 0),
 		ping,
-		wsFrame(false, opContinuation, bytes.Repeat([]byte("B"), 70000), testMask, 0),
+		clientFrame(false, opContinuation, bytes.Repeat([]byte("B"), 70000), testMask, 0),
 		pong,
-		wsFrame(false, opContinuation, nil, testMask, 0),
-		wsFrame(true, opContinuation, bytes.Repeat([]byte("C"), 10), testMask, 8),
+		clientFrame(false, opContinuation, nil, testMask, 0),
+		clientFrame(true, opContinuation, bytes.Repeat([]byte("C"), 10), testMask, 8),
 	)
 	stream := cat(first, dropped, cf(true, opBinary, "dropped too"), ping, closeFrame)
 	want := cat(first, ping, pong, ping, closeFrame)
@@ -719,7 +728,7 @@ func TestWatcherRefreshNearBufferEnd(t *testing.T) {
 	exp := time.Now().Add(3 * time.Hour).Unix()
 	tok := hs256(t, claims("alice", func(c jwt.MapClaims) { c["exp"] = exp }))
 	refresh := cf(true, opText, `{"type":"refresh_token","token":"`+tok+`"}`)
-	filler := wsFrame(true, opBinary, make([]byte, 4000), testMask, 0)
+	filler := clientFrame(true, opBinary, make([]byte, 4000), testMask, 0)
 	after := cf(true, opText, "after")
 	stream := cat(filler, refresh, after)
 	var client bytes.Buffer
@@ -753,7 +762,7 @@ func TestWatcherNotRefreshForwarded(t *testing.T) {
 	for _, m := range msgs {
 		frames := [][]byte{
 			cf(true, opText, m),
-			wsFrame(true, opText, []byte(m), []byte{0xff, 0x00, 0x80, 0x7f}, 2),
+			clientFrame(true, opText, []byte(m), []byte{0xff, 0x00, 0x80, 0x7f}, 2),
 		}
 		for _, frame := range frames {
 			stream := cat(frame, cf(true, opText, "next"))
@@ -769,15 +778,15 @@ func TestWatcherNotRefreshForwarded(t *testing.T) {
 			}
 		}
 	}
-	// Not candidates at all: fragmented, compressed (RSV1), unmasked, or
-	// larger than a refresh message may be.
+	// Not candidates at all: fragmented, compressed (RSV1), or larger than
+	// a refresh message may be. (An unmasked frame fails the connection:
+	// TestWatcherProtocolError.)
 	refresh := `{"type":"refresh_token","token":"` + tok + `"}`
 	compressed := cf(true, opText, refresh)
 	compressed[0] |= 0x40
 	for name, frame := range map[string][]byte{
 		"fragmented": cat(cf(false, opText, refresh), cf(true, opContinuation, "")),
 		"compressed": compressed,
-		"unmasked":   wsFrame(true, opText, []byte(refresh), nil, 0),
 		"too large":  cf(true, opText, `{"type":"refresh_token","token":"`+tok+`","pad":"`+strings.Repeat("x", 9<<10)+`"}`),
 	} {
 		stream := cat(frame, cf(true, opText, "next"))
@@ -881,7 +890,7 @@ func BenchmarkWatcherRead(b *testing.B) {
 			h = watcherHandler(b)
 		}
 		b.Run(fr.name, func(b *testing.B) {
-			frame := wsFrame(true, fr.op, fr.payload, testMask, 0)
+			frame := clientFrame(true, fr.op, fr.payload, testMask, 0)
 			src := &frameSource{frame: frame}
 			c := &liveConn{h: h, src: src, dst: io.Discard}
 			buf := make([]byte, 32<<10) // reverse_proxy's default
@@ -905,7 +914,7 @@ func BenchmarkWatcherWrite(b *testing.B) {
 		if fr.name == "text128-parsed" {
 			continue // server frames are not parsed: the same as text128
 		}
-		frame := wsFrame(true, fr.op, fr.payload, nil, 0)
+		frame := clientFrame(true, fr.op, fr.payload, nil, 0)
 		b.Run(fr.name, func(b *testing.B) {
 			c := &liveConn{h: allRules(b), dst: io.Discard}
 			b.SetBytes(int64(len(frame)))
@@ -950,7 +959,7 @@ func TestWatcherZeroAllocs(t *testing.T) {
 	h := allRules(t)
 	inj := appendTextFrame(nil, []byte(`{"type":"refresh_token_ok","exp":1700000000}`))
 	for _, fr := range watcherFrames() {
-		frame := wsFrame(true, fr.op, fr.payload, testMask, 0)
+		frame := clientFrame(true, fr.op, fr.payload, testMask, 0)
 		src := &frameSource{frame: frame}
 		c := &liveConn{h: h, src: src, dst: io.Discard}
 		buf := make([]byte, 32<<10)
@@ -958,7 +967,7 @@ func TestWatcherZeroAllocs(t *testing.T) {
 		if a := testing.AllocsPerRun(200, func() { readOne(t, c, src, buf) }); a != 0 {
 			t.Errorf("read %s: %v allocations a frame", fr.name, a)
 		}
-		sframe := wsFrame(true, fr.op, fr.payload, nil, 0)
+		sframe := clientFrame(true, fr.op, fr.payload, nil, 0)
 		wc := &liveConn{h: h, dst: io.Discard}
 		writeInjected(t, wc, sframe, len(sframe)/2, inj) // warm up: pending grows once
 		if a := testing.AllocsPerRun(200, func() { _, _ = wc.write(sframe) }); a != 0 {
@@ -997,6 +1006,38 @@ func TestWatcherBadHeaderWhileClosing(t *testing.T) {
 				continue
 			}
 			stripClose(t, c, out, err)
+		}
+	}
+}
+
+// TestWatcherProtocolError: a client frame that breaks RFC 6455 (no mask,
+// an unknown opcode, a bad length, a fragmented or oversized control
+// frame) fails the connection: the client gets 1002 "protocol_error", the
+// upstream the whole frames before it and then the module's Close 1001,
+// and nothing after it passes, whatever the rules.
+func TestWatcherProtocolError(t *testing.T) {
+	first := cf(true, opText, "first")
+	after := cf(true, opText, "after")
+	for name, bad := range map[string][]byte{
+		"unmasked":          clientFrame(true, opText, []byte("plain"), nil, 0),
+		"reserved opcode":   cf(true, 0x3, "r"),
+		"reserved control":  cf(true, 0xB, "r"),
+		"64-bit top bit":    {0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4},
+		"fragmented ping":   cf(false, opPing, "p"),
+		"oversized control": clientFrame(true, opPing, make([]byte, 126), testMask, 0),
+	} {
+		stream := cat(first, bad, after)
+		for _, sizes := range [][]byte{nil, {0}} {
+			var client bytes.Buffer
+			c := &liveConn{h: watcherHandler(t), src: &chunkReader{b: stream, sizes: sizes}, dst: &client}
+			out, err := relay(t, c, 4096, 100)
+			c.end()
+			if out = stripClose(t, c, out, err); !c.in.finished || !bytes.Equal(out, first) {
+				t.Errorf("%s, chunks %v: %v: the upstream got\n% x\nnot the first frame and the module's Close", name, sizes, err, out)
+			}
+			if want := "\x88\x10\x03\xeaprotocol_error"; client.String() != want {
+				t.Errorf("%s, chunks %v: the client got %q, want %q", name, sizes, client.String(), want)
+			}
 		}
 	}
 }
