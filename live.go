@@ -46,9 +46,21 @@ type liveConn struct {
 	ip     string
 	origin string
 	path   string
-	source sourceKind
 	iss    string
 	user   string
+	source sourceKind
+
+	// The two ends, set before start and read-only after it. Over HTTP/1.1
+	// (and first_message over any version) reverse_proxy copies through
+	// the hijacked conn; over HTTP/2 and HTTP/3 (stream) it reads the
+	// request body and writes the ResponseWriter.
+	stream  bool
+	started bool
+	conn    net.Conn
+	body    io.ReadCloser
+	src     io.Reader // where client bytes are read
+	dst     io.Writer // where client bytes are written
+	flush   func() error
 
 	mu      sync.Mutex // guards jti, expires and the timers
 	jti     string
@@ -56,26 +68,14 @@ type liveConn struct {
 	expiry  *time.Timer // expire_connections
 	closer  *time.Timer // the close sequence's next step
 
-	// The two ends, set before start and read-only after it. Over HTTP/1.1
-	// (and first_message over any version) reverse_proxy copies through
-	// the hijacked conn; over HTTP/2 and HTTP/3 (stream) it reads the
-	// request body and writes the ResponseWriter.
-	stream  bool
-	conn    net.Conn
-	body    io.ReadCloser
-	src     io.Reader // where client bytes are read
-	dst     io.Writer // where client bytes are written
-	flush   func() error
-	started bool
-
 	in inbound // the reading goroutine's
 
 	wmu         sync.Mutex // guards out, pending, closeQueued, sentClose, done, and writes to dst
 	done        bool       // ended: the client's writer may be gone with the handler
-	out         outbound
-	pending     []byte // frames for the client, waiting for a frame boundary
 	closeQueued bool
 	sentClose   bool
+	out         outbound
+	pending     []byte // frames for the client, waiting for a frame boundary
 
 	state       atomic.Int32
 	interrupted atomic.Bool
@@ -86,7 +86,6 @@ type liveConn struct {
 	notifyNext int64
 
 	writer liveWriter
-	wbody  watchedBody
 }
 
 // newLive prepares the watch of an accepted WebSocket; it starts when the
@@ -105,12 +104,11 @@ func (h *Handler) newLive(hs *handshake, w http.ResponseWriter, r *http.Request)
 		jti:    hs.id.claims.ID.s,
 	}
 	c.expires = hs.id.expires()
-	c.writer = liveWriter{ResponseWriter: w, lc: c, switched: switchedStatus(r)}
+	c.writer = liveWriter{ResponseWriter: w, lc: c, switched: int16(switchedStatus(r))}
 	if isExtendedConnect(r) {
 		c.stream = true
 		c.src, c.body = r.Body, r.Body
-		c.wbody = watchedBody{ReadCloser: r.Body, lc: c}
-		r.Body = &c.wbody
+		r.Body = &watchedBody{ReadCloser: r.Body, lc: c}
 	}
 	return c, &c.writer
 }

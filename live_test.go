@@ -58,6 +58,26 @@ func TestLiveExpiry(t *testing.T) {
 	waitLiveCount(t, 0)
 }
 
+// TestLiveFirstMessageExpiry: a connection authenticated by its first
+// message is watched like any other: closed with 4001 at its token's exp,
+// and the upstream gets 1001.
+func TestLiveFirstMessageExpiry(t *testing.T) {
+	up := newLiveUpstream(t)
+	addr := startCaddy(t, site("token_source first_message"), up.addr())
+	tok, exp := shortToken(t, "alice", 3*time.Second)
+	c := dialLive(t, "ws://"+addr+"/ws")
+	c.send(`{"type":"auth","token":"` + tok + `"}`)
+	c.echo("before expiry")
+	waitLiveCount(t, 1)
+	if got := c.closeWithin(time.Until(exp) + 5*time.Second); got != "close 4001 expired" {
+		t.Errorf("at the token's exp, the client got %s, want close 4001 expired", got)
+	}
+	if code := up.ended(t); code != websocket.CloseGoingAway {
+		t.Errorf("at the token's exp, the upstream got close %d, want 1001", code)
+	}
+	waitLiveCount(t, 0)
+}
+
 // TestLiveExpiryOff: with expire_connections off, a connection outlives its
 // token.
 func TestLiveExpiryOff(t *testing.T) {

@@ -129,23 +129,24 @@ func appendTextFrame(dst, payload []byte) []byte {
 // inbound is the state of the client-to-upstream direction, touched only
 // by the goroutine of reverse_proxy that reads from the client.
 type inbound struct {
+	left    int64  // payload bytes of the current frame still to come
+	msgSize int64  // bytes of the current data message so far
+	hold    []byte // a refresh candidate cut by the end of the buffer
+	err     error  // a read error held back while bytes went out
+
 	hdr [maxFrameHeader]byte // a frame header split across reads
-	hn  int
+	hn  uint8
 
-	left int64 // payload bytes of the current frame still to come
-	keep bool  // the current frame is forwarded
+	// The upstream's Close 1001 (masked, without a reason), which the
+	// next reads return first: outBuf[outOff:outEnd].
+	outBuf         [2 + 4 + 2]byte
+	outOff, outEnd uint8
 
-	fragmented bool  // a data message continues in the next frame
-	msgSize    int64 // bytes of the current data message so far
-	dropMsg    bool  // the current data message is not forwarded
-
-	hold   []byte // a refresh candidate cut by the end of the buffer
-	broken bool   // the client's framing broke: nothing more is forwarded
-
-	out      []byte          // bytes for the upstream that the next reads return first
-	outBuf   [2 + 4 + 2]byte // the upstream's Close 1001, masked, without a reason
-	finished bool            // the upstream got its Close: reading is over
-	err      error           // a read error held back while bytes went out
+	keep       bool // the current frame is forwarded
+	fragmented bool // a data message continues in the next frame
+	dropMsg    bool // the current data message is not forwarded
+	broken     bool // the client's framing broke: nothing more is forwarded
+	finished   bool // the upstream got its Close: reading is over
 }
 
 // atBoundary reports whether the upstream has had whole frames only.
@@ -166,9 +167,9 @@ func knownOpcode(op byte) bool {
 func (c *liveConn) read(p []byte) (int, error) {
 	in := &c.in
 	for {
-		if len(in.out) > 0 {
-			n := copy(p, in.out)
-			in.out = in.out[n:]
+		if in.outOff < in.outEnd {
+			n := copy(p, in.outBuf[in.outOff:in.outEnd])
+			in.outOff += uint8(n)
 			return n, nil
 		}
 		if in.finished {
@@ -177,7 +178,7 @@ func (c *liveConn) read(p []byte) (int, error) {
 		if c.closing() && (in.atBoundary() || in.broken) {
 			// At a frame boundary of a connection the module closes: the
 			// upstream gets its Close, then the copy ends.
-			in.out = appendMaskedCloseFrame(in.outBuf[:0], closeGoingAway, "")
+			in.outOff, in.outEnd = 0, uint8(len(appendMaskedCloseFrame(in.outBuf[:0], closeGoingAway, "")))
 			in.finished = true
 			continue
 		}
@@ -257,7 +258,7 @@ func (c *liveConn) filter(p []byte, n int) (int, error) {
 			return w, nil
 		}
 		if hl == 0 {
-			in.hn = copy(in.hdr[:], p[r:n])
+			in.hn = uint8(copy(in.hdr[:], p[r:n]))
 			break
 		}
 		if c.isRefreshCandidate(&fh) && hl+int(fh.length) <= len(p) {
@@ -335,9 +336,9 @@ func (c *liveConn) isRefreshCandidate(fh *frameHeader) bool {
 // outbound is the state of the upstream-to-client direction, guarded by
 // liveConn.wmu.
 type outbound struct {
-	hdr  [maxFrameHeader]byte
-	hn   int
 	left int64
+	hdr  [maxFrameHeader]byte
+	hn   uint8
 }
 
 // atBoundary reports whether the next byte to the client starts a frame.
@@ -360,16 +361,16 @@ func (o *outbound) scan(p []byte, all bool) int {
 		}
 		// A header, maybe begun in an earlier write.
 		k := copy(o.hdr[o.hn:], p[i:])
-		fh, hl, err := parseFrameHeader(o.hdr[:o.hn+k])
+		fh, hl, err := parseFrameHeader(o.hdr[:int(o.hn)+k])
 		if err != nil {
 			o.left, o.hn = 1<<62, 0 // not WebSocket framing: no boundary ahead
 			return len(p)
 		}
 		if hl == 0 {
-			o.hn += k
+			o.hn += uint8(k)
 			return len(p)
 		}
-		i += hl - o.hn
+		i += hl - int(o.hn)
 		o.hn = 0
 		o.left = fh.length
 		if o.left == 0 && !all {
@@ -453,14 +454,14 @@ func (c *liveConn) flushPending() error {
 type liveWriter struct {
 	http.ResponseWriter
 	lc       *liveConn
-	switched int // the status of a switch: 101, or 200 for extended CONNECT
+	switched int16 // the status of a switch: 101, or 200 for extended CONNECT
 	upgraded bool
 }
 
 func (lw *liveWriter) Unwrap() http.ResponseWriter { return lw.ResponseWriter }
 
 func (lw *liveWriter) WriteHeader(status int) {
-	if status == lw.switched && !lw.upgraded {
+	if status == int(lw.switched) && !lw.upgraded {
 		lw.upgraded = true
 		if lw.lc.stream {
 			lw.lc.dst = lw.ResponseWriter
