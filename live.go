@@ -2,6 +2,7 @@ package wsauth
 
 import (
 	"bytes"
+	"container/heap"
 	"context"
 	"errors"
 	"io"
@@ -62,11 +63,15 @@ type liveConn struct {
 	dst     io.Writer // where client bytes are written
 	flush   func() error
 
-	mu      sync.Mutex // guards jti, expires and the timers
+	mu      sync.Mutex // guards jti, expires and closer
 	jti     string
 	expires time.Time
-	expiry  *time.Timer // expire_connections
 	closer  *time.Timer // the close sequence's next step
+
+	// Where the connection is in the registry's expiries, and when it
+	// expires there (unix ns); guarded by the registry's lock.
+	expireAt int64
+	heapIdx  int
 
 	in inbound // the reading goroutine's
 
@@ -118,11 +123,6 @@ func (c *liveConn) start() {
 	c.started = true
 	c.since = time.Now()
 	liveConns.add(c)
-	if c.h.expire {
-		c.mu.Lock()
-		c.expiry = time.AfterFunc(time.Until(c.deadline()), c.expire)
-		c.mu.Unlock()
-	}
 }
 
 // end is called when reverse_proxy is done with the connection (or never
@@ -134,9 +134,6 @@ func (c *liveConn) end() {
 	c.done = true
 	c.wmu.Unlock()
 	c.mu.Lock()
-	if c.expiry != nil {
-		c.expiry.Stop()
-	}
 	if c.closer != nil {
 		c.closer.Stop()
 	}
@@ -277,10 +274,9 @@ func (c *liveConn) refreshWith(token string) {
 	exp := id.expires()
 	c.mu.Lock()
 	c.expires, c.jti = exp, id.claims.ID.s
-	if c.expiry != nil {
-		c.expiry.Reset(time.Until(c.deadline()))
-	}
+	deadline := c.deadline()
 	c.mu.Unlock()
+	liveConns.reschedule(c, deadline)
 	var msg [128]byte
 	b := append(msg[:0], `{"type":"`...)
 	b = append(b, c.h.refresh...)
@@ -303,26 +299,110 @@ func (c *liveConn) blocked(t time.Time) bool {
 
 // A registry holds the live connections of the process, across config
 // reloads: revocation, and soon the admin API, the connection caps and the
-// metrics, find them here.
+// metrics, find them here. It also expires them: one timer for the
+// process, set to the earliest deadline of a heap, rather than one timer
+// per connection.
 type registry struct {
-	mu    sync.RWMutex
-	conns map[*liveConn]struct{}
-	next  atomic.Uint64
+	mu       sync.RWMutex
+	conns    map[*liveConn]struct{}
+	next     atomic.Uint64
+	expiries expiryHeap  // the connections with expire_connections on
+	timer    *time.Timer // fires at timerAt, the earliest expiry
+	timerAt  int64
 }
 
 var liveConns = &registry{conns: make(map[*liveConn]struct{})}
 
 func (reg *registry) add(c *liveConn) {
 	c.id = reg.next.Add(1)
+	c.heapIdx = -1
 	reg.mu.Lock()
+	defer reg.mu.Unlock()
 	reg.conns[c] = struct{}{}
-	reg.mu.Unlock()
+	if c.h.expire {
+		c.expireAt = c.deadline().UnixNano()
+		heap.Push(&reg.expiries, c)
+		reg.arm()
+	}
 }
 
 func (reg *registry) remove(c *liveConn) {
 	reg.mu.Lock()
+	defer reg.mu.Unlock()
 	delete(reg.conns, c)
+	if c.heapIdx >= 0 {
+		heap.Remove(&reg.expiries, c.heapIdx)
+	}
+}
+
+// reschedule moves c's expiry to deadline (a refresh).
+func (reg *registry) reschedule(c *liveConn, deadline time.Time) {
+	reg.mu.Lock()
+	defer reg.mu.Unlock()
+	if c.heapIdx >= 0 {
+		c.expireAt = deadline.UnixNano()
+		heap.Fix(&reg.expiries, c.heapIdx)
+		reg.arm()
+	}
+}
+
+// arm sets the timer to the earliest expiry; reg.mu must be held.
+func (reg *registry) arm() {
+	if len(reg.expiries) == 0 {
+		return
+	}
+	at := reg.expiries[0].expireAt
+	if reg.timerAt != 0 && reg.timerAt <= at {
+		return // it fires earlier, and arms again then
+	}
+	reg.timerAt = at
+	d := time.Until(time.Unix(0, at))
+	if reg.timer == nil {
+		reg.timer = time.AfterFunc(d, reg.fire)
+	} else {
+		reg.timer.Reset(d)
+	}
+}
+
+// fire closes the connections whose deadline has passed.
+func (reg *registry) fire() {
+	var due []*liveConn
+	reg.mu.Lock()
+	t := time.Now().UnixNano()
+	for len(reg.expiries) > 0 && reg.expiries[0].expireAt <= t {
+		due = append(due, heap.Pop(&reg.expiries).(*liveConn))
+	}
+	reg.timerAt = 0
+	reg.arm()
 	reg.mu.Unlock()
+	for _, c := range due {
+		c.expire()
+	}
+}
+
+// expiryHeap orders connections by expireAt (container/heap).
+type expiryHeap []*liveConn
+
+func (e expiryHeap) Len() int           { return len(e) }
+func (e expiryHeap) Less(i, j int) bool { return e[i].expireAt < e[j].expireAt }
+func (e expiryHeap) Swap(i, j int) {
+	e[i], e[j] = e[j], e[i]
+	e[i].heapIdx, e[j].heapIdx = i, j
+}
+
+func (e *expiryHeap) Push(x any) {
+	c := x.(*liveConn)
+	c.heapIdx = len(*e)
+	*e = append(*e, c)
+}
+
+func (e *expiryHeap) Pop() any {
+	old := *e
+	c := old[len(old)-1]
+	old[len(old)-1] = nil
+	*e = old[:len(old)-1]
+	c.heapIdx = -1
+	return c
 }
 
 func (reg *registry) count() int {

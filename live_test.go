@@ -2,6 +2,7 @@ package wsauth
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -1286,4 +1287,57 @@ func TestLiveReadAhead(t *testing.T) {
 	if got := up.messages(); !slices.Equal(got, want) {
 		t.Errorf("upstream received %q, want %q", got, want)
 	}
+}
+
+// TestRegistryExpiries: the registry's one timer expires connections in
+// the order of their deadlines, a refresh moves a connection's place, and
+// a connection that ended is never expired.
+func TestRegistryExpiries(t *testing.T) {
+	h := watcherHandler(t, func(h *Handler) { h.expire = true })
+	base := time.Now()
+	var order []string
+	var mu sync.Mutex
+	done := make(chan struct{}, 4)
+	conns := map[string]*liveConn{}
+	for _, tc := range []struct {
+		name string
+		in   time.Duration
+	}{{"c", 300 * time.Millisecond}, {"a", 100 * time.Millisecond}, {"b", 200 * time.Millisecond}, {"gone", 50 * time.Millisecond}} {
+		var client bytes.Buffer
+		c := &liveConn{h: h, user: tc.name, expires: base.Add(tc.in), dst: &watchWriter{w: &client, onWrite: func() {
+			mu.Lock()
+			order = append(order, tc.name)
+			mu.Unlock()
+			done <- struct{}{}
+		}}}
+		c.start()
+		t.Cleanup(c.end)
+		conns[tc.name] = c
+	}
+	conns["gone"].end()
+	// a's token is refreshed past c's.
+	liveConns.reschedule(conns["a"], base.Add(400*time.Millisecond))
+	for range 3 {
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("expired so far: %q", order)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"b", "c", "a"}; !slices.Equal(order, want) {
+		t.Errorf("expired in the order %q, want %q", order, want)
+	}
+}
+
+// watchWriter is a client that reports each write (the module's Close).
+type watchWriter struct {
+	w       io.Writer
+	onWrite func()
+}
+
+func (ww *watchWriter) Write(p []byte) (int, error) {
+	ww.onWrite()
+	return ww.w.Write(p)
 }
