@@ -523,6 +523,15 @@ type watchedConn struct {
 func (wc *watchedConn) Read(p []byte) (int, error)  { return wc.lc.read(p) }
 func (wc *watchedConn) Write(p []byte) (int, error) { return wc.lc.write(p) }
 
+// CloseWrite half-closes the client connection, as reverse_proxy does when
+// the upstream's side ends, where the connection can (TCP).
+func (wc *watchedConn) CloseWrite() error {
+	if cw, ok := wc.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}
+
 // watchedBody is the request body of an HTTP/2 or HTTP/3 WebSocket, which
 // reverse_proxy reads the client's frames from.
 type watchedBody struct {
