@@ -176,8 +176,8 @@ var caddyfileOptions = map[string]caddyfileOption{
 	"refresh_message":      {once: true, parse: (*caddyfileParser).refreshMessage},
 
 	// Options of SPEC.md that later versions add.
-	"max_connections_per_user": {parse: (*caddyfileParser).notYet},
-	"block_after":              {parse: (*caddyfileParser).notYet},
+	"max_connections_per_user": {once: true, parse: (*caddyfileParser).maxConnectionsPerUser},
+	"block_after":              {once: true, parse: (*caddyfileParser).blockAfter},
 	"redis":                    {parse: (*caddyfileParser).notYet},
 }
 
@@ -602,6 +602,52 @@ func (p *caddyfileParser) refreshMessage() error {
 		return d.WrapErr(err)
 	}
 	p.h.RefreshMessage = typ
+	return nil
+}
+
+// maxConnectionsPerUser reads `max_connections_per_user <n>`.
+func (p *caddyfileParser) maxConnectionsPerUser() error {
+	v, err := oneArg(p.d)
+	if err != nil {
+		return err
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n == 0 {
+		return p.d.Errf("max_connections_per_user: want a number of connections from 1, not %q", v)
+	}
+	if err := checkMaxConnections(n); err != nil {
+		return p.d.WrapErr(err)
+	}
+	p.h.MaxConnectionsPerUser = n
+	return nil
+}
+
+// blockAfter reads `block_after <n> failures within <duration> for
+// <duration>`.
+func (p *caddyfileParser) blockAfter() error {
+	d := p.d
+	args := d.RemainingArgs()
+	const want = "want block_after <n> failures within <duration> for <duration>"
+	if len(args) != 6 || args[1] != "failures" || args[2] != "within" || args[4] != "for" {
+		return d.Errf("%s", want)
+	}
+	n, err := strconv.Atoi(args[0])
+	if err != nil {
+		return d.Errf("block_after: want a number of failures, not %q", args[0])
+	}
+	within, err := caddy.ParseDuration(args[3])
+	if err != nil {
+		return d.Errf("block_after: invalid duration %q", args[3])
+	}
+	ban, err := caddy.ParseDuration(args[5])
+	if err != nil {
+		return d.Errf("block_after: invalid duration %q", args[5])
+	}
+	ba := &BlockAfter{Failures: n, Within: caddy.Duration(within), For: caddy.Duration(ban)}
+	if err := ba.check(); err != nil {
+		return d.WrapErr(err)
+	}
+	p.h.BlockAfter = ba
 	return nil
 }
 

@@ -67,6 +67,14 @@ func (h *Handler) checkConfig() error {
 			return err
 		}
 	}
+	if err := checkMaxConnections(h.MaxConnectionsPerUser); err != nil {
+		return err
+	}
+	if h.BlockAfter != nil {
+		if err := h.BlockAfter.check(); err != nil {
+			return err
+		}
+	}
 	if err := checkRevalidate(time.Duration(h.Revalidate)); err != nil {
 		return err
 	}

@@ -179,8 +179,13 @@ func (h *Handler) serveFirstMessage(hs *handshake, next caddyhttp.Handler) error
 	if h.ctx.Err() != nil {
 		return h.refuse(hs, refuseGoingAway)
 	}
+	slot, ref := h.takeSlot(hs)
+	if ref != nil {
+		return h.refuse(hs, ref)
+	}
 	hand := &handOff{stream: cs, header: make(http.Header), unwatch: unwatch}
 	lc, w := h.newLive(hs, hand, r)
+	lc.slot = slot
 	defer lc.end()
 	handedOn = true
 	err = next.ServeHTTP(w, r)

@@ -49,6 +49,7 @@ type liveConn struct {
 	path   string
 	iss    string
 	user   string
+	slot   string // the user's connection slot, if the handler caps them
 	source sourceKind
 
 	// The two ends, set before start and read-only after it. Over HTTP/1.1
@@ -140,6 +141,10 @@ func (c *liveConn) end() {
 	c.mu.Unlock()
 	if c.started {
 		liveConns.remove(c)
+	}
+	if c.slot != "" {
+		userSlots.give(c.slot)
+		c.slot = ""
 	}
 }
 
@@ -503,6 +508,7 @@ func tokenMessage(payload, quotedType []byte) (typ, token []byte, err error) {
 // rule (rate_limited, too_big) is reported: logged at DEBUG today, the
 // hook of block_after (auto-bans) and the metrics next.
 func (h *Handler) violation(c *liveConn, what string) {
+	h.countViolation(c)
 	if ce := h.logger.Check(zap.DebugLevel, "websocket message rule broken"); ce != nil {
 		ce.Write(zap.String("rule", what), zap.String("user", truncate(c.user, 200)), zap.String("remote_ip", c.ip))
 	}

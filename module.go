@@ -132,6 +132,19 @@ type Handler struct {
 	// previous list in force. A match is refused as blocked.
 	BlocklistFile string `json:"blocklist_file,omitempty"`
 
+	// How many live connections a user may hold at once, in the process
+	// (the same name at two issuers is two users). A handshake over the cap
+	// is refused as rate_limited (close 1013, or 429 with Retry-After).
+	// Default: no cap.
+	MaxConnectionsPerUser int `json:"max_connections_per_user,omitempty"`
+
+	// Bans a client IP that keeps failing authentication (invalid,
+	// expired, forbidden, origin), and a user who keeps breaking the
+	// message rate, for a while: the ban is a blocklist entry with an
+	// expiry and a reason, shown by the admin API, that also closes the
+	// live connections it matches. Default: no bans.
+	BlockAfter *BlockAfter `json:"block_after,omitempty"`
+
 	// Whether a live connection is closed when its token expires, at exp
 	// plus leeway: the client gets a Close frame 4001 "expired", the
 	// upstream a Close 1001, each at a frame boundary. Default: true.
@@ -170,10 +183,12 @@ type Handler struct {
 	msgRate       *messageRate // nil: no message limit
 	msgUserLimit  *rateLimiter // messages per user
 	msgLimiterKey string
-	refresh       string // the refresh message's type; "": off
-	refreshQuoted []byte // the type as a JSON string
-	refreshLimit  int64  // the largest refresh message
-	unsubscribe   func() // from the blocklist file's changes
+	refresh       string          // the refresh message's type; "": off
+	refreshQuoted []byte          // the type as a JSON string
+	refreshLimit  int64           // the largest refresh message
+	unsubscribe   func()          // from the blocklist file's changes
+	ipFailures    *failureCounter // block_after's counts; nil: no bans
+	failuresKey   string
 	blocklistKey  string
 	origins       originMatcher
 	codes         [numReasons]uint16
@@ -292,6 +307,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			h.msgUserLimit, h.msgLimiterKey = acquireRateLimiter("messages", mr.Events, window, true)
 		}
 	}
+	if ba := h.BlockAfter; ba != nil {
+		h.failuresKey = fmt.Sprintf("%d/%d", ba.Failures, ba.Within)
+		fc, _ := failureCounters.LoadOrStore(h.failuresKey, newFailureCounter(ba.Failures, time.Duration(ba.Within)))
+		h.ipFailures = fc.(*failureCounter)
+	}
 	h.expire = h.ExpireConnections == nil || *h.ExpireConnections
 	if h.RefreshMessage != "" {
 		h.refresh = h.RefreshMessage
@@ -356,6 +376,10 @@ func (h *Handler) Cleanup() error {
 	if h.msgLimiterKey != "" {
 		_, _ = rateLimiters.Delete(h.msgLimiterKey)
 		h.msgLimiterKey = ""
+	}
+	if h.failuresKey != "" {
+		_, _ = failureCounters.Delete(h.failuresKey)
+		h.failuresKey = ""
 	}
 	if h.unsubscribe != nil {
 		h.unsubscribe()

@@ -110,6 +110,7 @@ var (
 // in here, once.
 func (h *Handler) refuse(hs *handshake, ref *refusal) error {
 	h.logRefusal(hs, ref)
+	h.countFailure(hs, ref)
 	if hs.stream != nil {
 		hs.stream.close(h.codes[ref.reason], ref.reason.String(), !errors.Is(ref.detail, errClientClosed))
 		return nil

@@ -64,6 +64,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if ref := h.checkToken(token, &hs.id); ref != nil {
 		return h.refuse(hs, ref)
 	}
+	var slot string
+	if upgrade {
+		var ref *refusal
+		if slot, ref = h.takeSlot(hs); ref != nil {
+			return h.refuse(hs, ref)
+		}
+		if slot != "" {
+			// Given back by the connection's end, or here if it never
+			// gets one.
+			defer func() {
+				if slot != "" {
+					userSlots.give(slot)
+				}
+			}()
+		}
+	}
 	hs.id.source = src.kind
 	h.accepted(hs)
 
@@ -103,6 +119,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		var lc *liveConn
 		lc, w = h.newLive(hs, w, r)
+		lc.slot, slot = slot, ""
 		defer lc.end()
 	}
 	handedOn = true

@@ -1,0 +1,283 @@
+package wsauth
+
+import (
+	"fmt"
+	"hash/maphash"
+	"strconv"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// Connection caps and auto-bans: what an operator sets so that one user
+// cannot hold the server, and a client that keeps failing is kept out for
+// a while. Both belong to the process, like the live connections they
+// count, and survive config reloads.
+
+// BlockAfter bans for For a client IP that fails authentication Failures
+// times within Within (invalid, expired, forbidden or origin), and a user
+// who breaks the message rules (rate_limit messages, max_message_size) as
+// often.
+type BlockAfter struct {
+	// How many failures within Within make a ban.
+	Failures int `json:"failures"`
+
+	// The window the failures are counted over.
+	Within caddy.Duration `json:"within"`
+
+	// How long a ban lasts.
+	For caddy.Duration `json:"for"`
+}
+
+const (
+	maxConnectionsPerUser = 1 << 20
+	maxBlockAfterWindow   = 24 * time.Hour
+	maxBanDuration        = 366 * 24 * time.Hour
+)
+
+// checkMaxConnections is the rule for max_connections_per_user; 0 is the
+// default, no cap.
+func checkMaxConnections(n int) error {
+	if n < 0 || n > maxConnectionsPerUser {
+		return fmt.Errorf("max_connections_per_user: must be between 1 and %d", maxConnectionsPerUser)
+	}
+	return nil
+}
+
+// check applies the rules of block_after.
+func (ba *BlockAfter) check() error {
+	if ba.Failures < 1 || ba.Failures > 1_000_000 {
+		return fmt.Errorf("block_after: the number of failures must be between 1 and 1000000")
+	}
+	if w := time.Duration(ba.Within); w <= 0 || w > maxBlockAfterWindow {
+		return fmt.Errorf("block_after: the window (within) must be positive and at most %s", maxBlockAfterWindow)
+	}
+	if d := time.Duration(ba.For); d < time.Second || d > maxBanDuration {
+		return fmt.Errorf("block_after: the ban (for) must be between 1s and 366 days")
+	}
+	return nil
+}
+
+// connSlots counts the live connections of each user in the process, for
+// max_connections_per_user. A slot is taken when a handshake is accepted,
+// before the upstream is dialed, and given back when the connection ends,
+// whichever side ends it. The map holds only users with a slot taken.
+type connSlots struct {
+	mu    sync.Mutex
+	users map[string]int
+}
+
+var userSlots = &connSlots{users: make(map[string]int)}
+
+// take takes one of key's max slots, and reports whether there was one.
+func (s *connSlots) take(key string, max int) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.users[key] >= max {
+		return false
+	}
+	s.users[key]++
+	return true
+}
+
+// give gives one of key's slots back.
+func (s *connSlots) give(key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.users[key]--; s.users[key] <= 0 {
+		delete(s.users, key)
+	}
+}
+
+// count is how many slots key holds.
+func (s *connSlots) count(key string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.users[key]
+}
+
+// slotRetry is the Retry-After of a handshake over the connection cap: a
+// slot frees when one of the user's connections ends, which no one can
+// tell in advance.
+const slotRetry = time.Second
+
+var errTooManyConnections = errString("live connections of the user at max_connections_per_user")
+
+// takeSlot takes a connection slot of hs's user, if the handler caps
+// them; the slot key, "" if none was taken, goes to the liveConn, which
+// gives it back at its end.
+func (h *Handler) takeSlot(hs *handshake) (string, *refusal) {
+	if h.MaxConnectionsPerUser == 0 {
+		return "", nil
+	}
+	key := userKey(hs.id.claims.Issuer.s, hs.id.user)
+	if !userSlots.take(key, h.MaxConnectionsPerUser) {
+		return "", &refusal{reason: reasonRateLimited, detail: errTooManyConnections, retry: slotRetry}
+	}
+	return key, nil
+}
+
+// A failureCounter counts events by key in fixed windows, for
+// block_after. Keys are kept as 64-bit hashes, and at most maxRateKeys of
+// them: under a flood of distinct keys, keys whose window has passed go
+// first, then a tenth of the rest. So it holds at most 65,536 entries of
+// 24 bytes, about 2.5 MB with the map's overhead, whatever the flood.
+type failureCounter struct {
+	limit  int
+	window int64 // ns
+	seed   maphash.Seed
+
+	mu   sync.Mutex
+	wins map[uint64]failureWindow
+}
+
+type failureWindow struct {
+	start int64 // unix ns
+	n     int
+}
+
+func newFailureCounter(limit int, window time.Duration) *failureCounter {
+	return &failureCounter{limit: limit, window: int64(window), seed: maphash.MakeSeed(), wins: make(map[uint64]failureWindow)}
+}
+
+// add counts one failure of key at now, and reports whether it makes
+// limit within the window; the count then starts again.
+func (fc *failureCounter) add(key string, now time.Time) bool {
+	t := now.UnixNano()
+	hk := maphash.String(fc.seed, key)
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	w, ok := fc.wins[hk]
+	if !ok || t-w.start >= fc.window {
+		if !ok && len(fc.wins) >= maxRateKeys {
+			fc.evict(t)
+		}
+		w = failureWindow{start: t}
+	}
+	w.n++
+	if w.n >= fc.limit {
+		delete(fc.wins, hk)
+		return true
+	}
+	fc.wins[hk] = w
+	return false
+}
+
+// evict makes room; fc.mu must be held.
+func (fc *failureCounter) evict(now int64) {
+	for k, w := range fc.wins {
+		if now-w.start >= fc.window {
+			delete(fc.wins, k)
+		}
+	}
+	for k := range fc.wins {
+		if len(fc.wins) < maxRateKeys*9/10 {
+			break
+		}
+		delete(fc.wins, k)
+	}
+}
+
+// failureCounters are shared by the handlers of the process with the same
+// block_after, so that counts survive a config reload.
+var failureCounters = caddy.NewUsagePool()
+
+// banned holds the bans in force, for their bound: at most maxBans at a
+// time; past it, bans that have expired are taken out of the blocklist,
+// then the one that ends first.
+type banSet struct {
+	mu   sync.Mutex
+	bans map[banKey]time.Time // -> expiry
+}
+
+type banKey struct{ kind, value string }
+
+var maxBans = 1 << 16 // a variable for tests
+
+var bans = &banSet{bans: make(map[banKey]time.Time)}
+
+// ban puts kind:value on the run-time blocklist until now+d, with reason;
+// the live connections it matches are closed at once (the registry
+// subscribes to the run-time list).
+func (bs *banSet) ban(kind, value string, now time.Time, d time.Duration, reason string) error {
+	bs.mu.Lock()
+	k := banKey{kind, value}
+	var drop []banKey
+	if _, ok := bs.bans[k]; !ok && len(bs.bans) >= maxBans {
+		for key, exp := range bs.bans {
+			if !now.Before(exp) {
+				drop = append(drop, key)
+			}
+		}
+		if len(drop) == 0 {
+			var first banKey
+			var firstExp time.Time
+			for key, exp := range bs.bans {
+				if firstExp.IsZero() || exp.Before(firstExp) {
+					first, firstExp = key, exp
+				}
+			}
+			drop = append(drop, first)
+		}
+		for _, key := range drop {
+			delete(bs.bans, key)
+		}
+	}
+	bs.bans[k] = now.Add(d)
+	bs.mu.Unlock()
+	for _, key := range drop {
+		_, _ = runtimeBlocklist.Remove(key.kind, key.value)
+	}
+	return runtimeBlocklist.Add(Entry{Kind: kind, Value: value, Expires: now.Add(d), Reason: reason})
+}
+
+// size is how many bans are in force (or expired, not yet taken out).
+func (bs *banSet) size() int {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	return len(bs.bans)
+}
+
+// countFailure counts a refused handshake against its client IP, for
+// block_after: authentication failures only (invalid, expired, forbidden,
+// origin), not a missing token, a limit or an outage.
+func (h *Handler) countFailure(hs *handshake, ref *refusal) {
+	if h.ipFailures == nil {
+		return
+	}
+	switch ref.reason {
+	case reasonInvalid, reasonExpired, reasonForbidden, reasonOrigin:
+	default:
+		return
+	}
+	key := ipKey(clientIP(hs.r))
+	t := now()
+	if h.ipFailures.add("ip\x00"+key, t) {
+		h.banFor("ip", key, t, "block_after: "+strconv.Itoa(h.BlockAfter.Failures)+" authentication failures")
+	}
+}
+
+// countViolation counts a broken message rule against the user, for
+// block_after.
+func (h *Handler) countViolation(c *liveConn) {
+	if h.ipFailures == nil {
+		return
+	}
+	t := now()
+	if h.ipFailures.add("sub\x00"+userKey(c.iss, c.user), t) {
+		h.banFor("sub", c.user, t, "block_after: "+strconv.Itoa(h.BlockAfter.Failures)+" message rule violations")
+	}
+}
+
+func (h *Handler) banFor(kind, value string, t time.Time, reason string) {
+	d := time.Duration(h.BlockAfter.For)
+	if err := bans.ban(kind, value, t, d, reason); err != nil {
+		h.logger.Error("could not ban", zap.String("kind", kind), zap.String("value", truncate(value, 200)), zap.Error(err))
+		return
+	}
+	h.logger.Warn("banned", zap.String("kind", kind), zap.String("value", truncate(value, 200)),
+		zap.Duration("for", d), zap.String("reason", reason))
+}
