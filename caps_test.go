@@ -82,6 +82,13 @@ func TestBlockAfterIP(t *testing.T) {
 	if exp, ok := banExpiry("ip", "127.0.0.1"); !ok || exp.Sub(time.Now()) > 2*time.Second {
 		t.Errorf("the ban: expires %v (%v), want within 2s", exp, ok)
 	}
+	// A reload keeps the ban.
+	if err := loadCaddyfile(testConfig(addr, site("block_after 3 failures within 1m for 2s\n leeway 1s"), up.addr())); err != nil {
+		t.Fatal(err)
+	}
+	if got := dialOutcomeSettled(t, addr, valid); got != "close 1008 blocked" {
+		t.Errorf("a valid token after a reload, while banned: %s, want close 1008 blocked", got)
+	}
 	// After the ban (2s), the IP is let in.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -171,6 +178,13 @@ func TestFloodBounds(t *testing.T) {
 func dialOutcome(t *testing.T, addr, token string) string {
 	t.Helper()
 	c, resp, err := dial(addr, "/ws", dialOpts{query: "token=" + token})
+	return outcome(t, c, resp, err)
+}
+
+// dialOutcomeSettled is dialOutcome just after a reload (dialSettled).
+func dialOutcomeSettled(t *testing.T, addr, token string) string {
+	t.Helper()
+	c, resp, err := dialSettled(addr, "/ws", dialOpts{query: "token=" + token})
 	return outcome(t, c, resp, err)
 }
 
