@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -286,4 +289,94 @@ func deepCall(depth int, fn func() error) error {
 		return nil
 	}
 	return err
+}
+
+// BenchmarkHandshakeLimits is the decision with every limit on (handshake
+// rate per IP, message rate per user, a connection cap, block_after, and a
+// blocklist file of 100,000 entries), against the same handler without
+// them, in the same run.
+func BenchmarkHandshakeLimits(b *testing.B) {
+	alg := benchAlgs(b)[0] // HS256
+	tok := sign(b, alg.method, alg.signer, benchClaims(), "")
+	list := filepath.Join(b.TempDir(), "blocklist.txt")
+	var sb strings.Builder
+	for i := range 100_000 {
+		switch i % 3 {
+		case 0:
+			fmt.Fprintf(&sb, "jti:token-%d\n", i)
+		case 1:
+			fmt.Fprintf(&sb, "sub:user-%d\n", i)
+		default:
+			fmt.Fprintf(&sb, "ip:10.%d.%d.%d\n", i>>16&255, i>>8&255, i&255)
+		}
+	}
+	if err := os.WriteFile(list, []byte(sb.String()), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	plain := benchHandler(b, alg)
+	all := &Handler{
+		TokenSources:          []TokenSource{{Source: "query"}},
+		Issuers:               []string{"bench-issuer"},
+		Audiences:             []string{"bench-aud"},
+		AllowedOrigins:        []string{"http://bench.localhost"},
+		Secrets:               []string{alg.config},
+		RateLimits:            &RateLimits{Handshakes: &HandshakeRate{Events: 1_000_000, Window: caddy.Duration(time.Hour)}, Messages: &MessageRate{Events: 1000, Window: caddy.Duration(time.Second)}},
+		MaxConnectionsPerUser: 1_000_000,
+		BlockAfter:            &BlockAfter{Failures: 5, Within: caddy.Duration(time.Minute), For: caddy.Duration(time.Hour)},
+		BlocklistFile:         list,
+	}
+	all = provisioned(b, all)
+	b.Cleanup(func() { _ = all.Cleanup() })
+	b.Run("none", func(b *testing.B) { benchServe(b, plain, "/ws?token="+tok) })
+	b.Run("all", func(b *testing.B) { benchServe(b, all, "/ws?token="+tok) })
+}
+
+// BenchmarkLimitsParallel: the limiter, the failure counter and the
+// blocklist lookups of a 100,000-entry list under parallel load, each
+// goroutine with keys of its own.
+func BenchmarkLimitsParallel(b *testing.B) {
+	bl := newMemoryBlocklist()
+	for i := range 100_000 {
+		_ = bl.Add(Entry{Kind: "sub", Value: fmt.Sprintf("user-%d", i)})
+		_ = bl.Add(Entry{Kind: "ip", Value: fmt.Sprintf("10.%d.%d.%d", i>>16&255, i>>8&255, i&255)})
+	}
+	keys := make([]string, 4096)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("192.0.%d.%d", i>>8&255, i&255)
+	}
+	t0 := time.Now()
+	b.Run("rate-limiter", func(b *testing.B) {
+		l := newRateLimiter(1_000_000, time.Hour, false)
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			i := 0
+			for pb.Next() {
+				l.Allow(keys[i&4095], t0)
+				i++
+			}
+		})
+	})
+	b.Run("failure-counter", func(b *testing.B) {
+		fc := newFailureCounter(1_000_000, time.Hour)
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			i := 0
+			for pb.Next() {
+				fc.add(keys[i&4095], t0)
+				i++
+			}
+		})
+	})
+	b.Run("blocklist-100k", func(b *testing.B) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			i := 0
+			for pb.Next() {
+				if bl.BlockedIP(keys[i&4095], t0) || bl.BlockedToken("jti-x", "someone", t0) {
+					b.Fatal("blocked")
+				}
+				i++
+			}
+		})
+	})
 }

@@ -35,7 +35,7 @@ func TestConnectionCap(t *testing.T) {
 	}
 	a2.close()
 	waitLiveCount(t, 0)
-	if n := userSlots.count(userKey("", "alice")); n != 0 {
+	if n := userSlots.count(userSlots.slotKey("", "alice")); n != 0 {
 		t.Errorf("alice holds %d slots with no connection", n)
 	}
 }

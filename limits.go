@@ -66,14 +66,26 @@ func (ba *BlockAfter) check() error {
 // before the upstream is dialed, and given back when the connection ends,
 // whichever side ends it. The map holds only users with a slot taken.
 type connSlots struct {
+	seed  maphash.Seed
 	mu    sync.Mutex
-	users map[string]int
+	users map[uint64]int // by slotKey
 }
 
-var userSlots = &connSlots{users: make(map[string]int)}
+var userSlots = &connSlots{seed: maphash.MakeSeed(), users: make(map[uint64]int)}
+
+// slotKey is the key of a user: a hash of the issuer and the user claim,
+// built without an allocation.
+func (s *connSlots) slotKey(iss, user string) uint64 {
+	var h maphash.Hash
+	h.SetSeed(s.seed)
+	h.WriteString(iss)
+	h.WriteByte(0)
+	h.WriteString(user)
+	return h.Sum64()
+}
 
 // take takes one of key's max slots, and reports whether there was one.
-func (s *connSlots) take(key string, max int) bool {
+func (s *connSlots) take(key uint64, max int) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.users[key] >= max {
@@ -84,7 +96,7 @@ func (s *connSlots) take(key string, max int) bool {
 }
 
 // give gives one of key's slots back.
-func (s *connSlots) give(key string) {
+func (s *connSlots) give(key uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.users[key]--; s.users[key] <= 0 {
@@ -93,7 +105,7 @@ func (s *connSlots) give(key string) {
 }
 
 // count is how many slots key holds.
-func (s *connSlots) count(key string) int {
+func (s *connSlots) count(key uint64) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.users[key]
@@ -106,18 +118,31 @@ const slotRetry = time.Second
 
 var errTooManyConnections = errString("live connections of the user at max_connections_per_user")
 
+// A slot is a user's connection slot taken for a live connection.
+type slot struct {
+	key   uint64
+	taken bool
+}
+
+// give gives the slot back, if one was taken.
+func (sl *slot) give() {
+	if sl.taken {
+		sl.taken = false
+		userSlots.give(sl.key)
+	}
+}
+
 // takeSlot takes a connection slot of hs's user, if the handler caps
-// them; the slot key, "" if none was taken, goes to the liveConn, which
-// gives it back at its end.
-func (h *Handler) takeSlot(hs *handshake) (string, *refusal) {
+// them; the slot goes to the liveConn, which gives it back at its end.
+func (h *Handler) takeSlot(hs *handshake) (slot, *refusal) {
 	if h.MaxConnectionsPerUser == 0 {
-		return "", nil
+		return slot{}, nil
 	}
-	key := userKey(hs.id.claims.Issuer.s, hs.id.user)
+	key := userSlots.slotKey(hs.id.claims.Issuer.s, hs.id.user)
 	if !userSlots.take(key, h.MaxConnectionsPerUser) {
-		return "", &refusal{reason: reasonRateLimited, detail: errTooManyConnections, retry: slotRetry}
+		return slot{}, &refusal{reason: reasonRateLimited, detail: errTooManyConnections, retry: slotRetry}
 	}
-	return key, nil
+	return slot{key: key, taken: true}, nil
 }
 
 // A failureCounter counts events by key in fixed windows, for

@@ -49,7 +49,7 @@ type liveConn struct {
 	path   string
 	iss    string
 	user   string
-	slot   string // the user's connection slot, if the handler caps them
+	slot   slot // the user's connection slot, if the handler caps them
 	source sourceKind
 
 	// The two ends, set before start and read-only after it. Over HTTP/1.1
@@ -142,10 +142,7 @@ func (c *liveConn) end() {
 	if c.started {
 		liveConns.remove(c)
 	}
-	if c.slot != "" {
-		userSlots.give(c.slot)
-		c.slot = ""
-	}
+	c.slot.give()
 }
 
 func (c *liveConn) closing() bool { return c.state.Load() != stateOpen }

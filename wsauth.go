@@ -64,20 +64,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if ref := h.checkToken(token, &hs.id); ref != nil {
 		return h.refuse(hs, ref)
 	}
-	var slot string
+	var sl slot
 	if upgrade {
 		var ref *refusal
-		if slot, ref = h.takeSlot(hs); ref != nil {
+		if sl, ref = h.takeSlot(hs); ref != nil {
 			return h.refuse(hs, ref)
 		}
-		if slot != "" {
+		if sl.taken {
 			// Given back by the connection's end, or here if it never
 			// gets one.
-			defer func() {
-				if slot != "" {
-					userSlots.give(slot)
-				}
-			}()
+			defer sl.give()
 		}
 	}
 	hs.id.source = src.kind
@@ -119,7 +115,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		var lc *liveConn
 		lc, w = h.newLive(hs, w, r)
-		lc.slot, slot = slot, ""
+		lc.slot, sl.taken = sl, false
 		defer lc.end()
 	}
 	handedOn = true
