@@ -92,7 +92,7 @@ func TestBlockAfterIP(t *testing.T) {
 	// After the ban (2s), the IP is let in.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		got := dialOutcome(t, addr, valid)
+		got := dialOutcomeSettled(t, addr, valid)
 		if got == "accepted" {
 			break
 		}
