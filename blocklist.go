@@ -181,6 +181,71 @@ func (b *blockSet) remove(kind, value string) (bool, error) {
 	return found, nil
 }
 
+// get returns the expiry of the entry of kind and value, and whether there
+// is one (expired or not).
+func (b *blockSet) get(kind, value string) (expires time.Time, found bool, err error) {
+	switch kind {
+	case "jti":
+		expires, found = b.jti[value]
+	case "sub":
+		expires, found = b.sub[value]
+	case "ip":
+		p, err := parseIPEntry(value)
+		if err != nil {
+			return time.Time{}, false, err
+		}
+		expires, found = b.nets[p]
+	default:
+		return time.Time{}, false, fmt.Errorf("unknown kind %q (want jti, sub or ip)", kind)
+	}
+	return expires, found, nil
+}
+
+// each calls fn for every entry in force at now, an ip: value written as
+// entryValue writes it.
+func (b *blockSet) each(now time.Time, fn func(kind, value string, expires time.Time)) {
+	for v, exp := range b.jti {
+		if live(exp, now) {
+			fn("jti", v, exp)
+		}
+	}
+	for v, exp := range b.sub {
+		if live(exp, now) {
+			fn("sub", v, exp)
+		}
+	}
+	for p, exp := range b.nets {
+		if live(exp, now) {
+			fn("ip", prefixValue(p), exp)
+		}
+	}
+}
+
+// entryValue is value as a set holds it: an ip: value as its masked
+// prefix (10.1.2.3/8 is 10.0.0.0/8, ::ffff:192.0.2.1 is 192.0.2.1).
+func entryValue(kind, value string) (string, error) {
+	switch kind {
+	case "jti", "sub":
+		return value, nil
+	case "ip":
+		p, err := parseIPEntry(value)
+		if err != nil {
+			return "", err
+		}
+		return prefixValue(p), nil
+	}
+	return "", fmt.Errorf("unknown kind %q (want jti, sub or ip)", kind)
+}
+
+// prefixValue writes a prefix of the set as an entry's value: a single
+// address without its length.
+func prefixValue(p netip.Prefix) string {
+	if p.IsSingleIP() {
+		return p.Addr().String()
+	}
+	return p.String()
+}
+
 // parseBlocklist reads a blocklist; an error names the line.
 func parseBlocklist(r io.Reader) (*blockSet, error) {
 	b := newBlockSet()

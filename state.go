@@ -120,35 +120,84 @@ type Entry struct {
 // the admin API): entries are added and removed one by one, and expire.
 type memoryBlocklist struct {
 	subscribers
-	mu  sync.RWMutex
-	set *blockSet
+	mu      sync.RWMutex
+	set     *blockSet
+	reasons map[entryKey]string // of the entries that have one
 }
 
+// entryKey is an entry's kind and value, as entryValue writes it.
+type entryKey struct{ kind, value string }
+
 func newMemoryBlocklist() *memoryBlocklist {
-	return &memoryBlocklist{set: newBlockSet()}
+	return &memoryBlocklist{set: newBlockSet(), reasons: make(map[entryKey]string)}
 }
 
 // Add puts e in force, replacing an entry of the same kind and value.
 func (m *memoryBlocklist) Add(e Entry) error {
-	m.mu.Lock()
-	err := m.set.add(e.Kind, e.Value, e.Expires)
-	m.mu.Unlock()
-	if err == nil {
-		m.notify()
-	}
+	_, err := m.put(e, now())
 	return err
+}
+
+// put is Add, and reports whether e replaced an entry in force at t.
+func (m *memoryBlocklist) put(e Entry, t time.Time) (replaced bool, err error) {
+	value, err := entryValue(e.Kind, e.Value)
+	if err != nil {
+		return false, err
+	}
+	key := entryKey{e.Kind, value}
+	m.mu.Lock()
+	exp, found, _ := m.set.get(e.Kind, value)
+	if err = m.set.add(e.Kind, value, e.Expires); err == nil {
+		if e.Reason != "" {
+			m.reasons[key] = e.Reason
+		} else {
+			delete(m.reasons, key)
+		}
+	}
+	m.mu.Unlock()
+	if err != nil {
+		return false, err
+	}
+	m.notify()
+	return found && live(exp, t), nil
 }
 
 // Remove takes the entry of kind and value out, and reports whether there
 // was one.
 func (m *memoryBlocklist) Remove(kind, value string) (bool, error) {
+	_, found, _, err := m.take(kind, value, now())
+	return found, err
+}
+
+// take is Remove; it also returns the entry taken out, and whether it was
+// in force at t.
+func (m *memoryBlocklist) take(kind, value string, t time.Time) (e Entry, found, inForce bool, err error) {
+	v, err := entryValue(kind, value)
+	if err != nil {
+		return Entry{}, false, false, err
+	}
+	key := entryKey{kind, v}
 	m.mu.Lock()
-	found, err := m.set.remove(kind, value)
+	exp, _, _ := m.set.get(kind, v)
+	found, err = m.set.remove(kind, v)
+	e = Entry{Kind: kind, Value: v, Expires: exp, Reason: m.reasons[key]}
+	delete(m.reasons, key)
 	m.mu.Unlock()
 	if found {
 		m.notify()
 	}
-	return found, err
+	return e, found, found && live(exp, t), err
+}
+
+// entries returns the entries in force at t, in no particular order.
+func (m *memoryBlocklist) entries(t time.Time) []Entry {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	var es []Entry
+	m.set.each(t, func(kind, value string, expires time.Time) {
+		es = append(es, Entry{Kind: kind, Value: value, Expires: expires, Reason: m.reasons[entryKey{kind, value}]})
+	})
+	return es
 }
 
 func (m *memoryBlocklist) BlockedIP(ip string, now time.Time) bool {
