@@ -109,6 +109,7 @@ var (
 // handshake of (first_message), else by reject. Metrics and auto-bans hook
 // in here, once.
 func (h *Handler) refuse(hs *handshake, ref *refusal) error {
+	wsMetrics.refused[ref.reason].Inc()
 	h.logRefusal(hs, ref)
 	if hs.stream != nil {
 		hs.stream.close(h.codes[ref.reason], ref.reason.String(), !errors.Is(ref.detail, errClientClosed))
