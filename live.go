@@ -162,6 +162,7 @@ func (c *liveConn) shut(code uint16, text string) {
 	if !c.state.CompareAndSwap(stateOpen, stateClosing) {
 		return
 	}
+	wsMetrics.closedWith(text)
 	c.h.logLiveClose(c, text)
 	c.mu.Lock()
 	c.closer = time.AfterFunc(closeWait, c.stopReading)
@@ -205,6 +206,7 @@ func (c *liveConn) allowMessage() bool {
 		return true
 	}
 	c.h.violation(c, "rate_limited")
+	wsMetrics.droppedBy(mr.action)
 	switch mr.action {
 	case "close":
 		c.shut(closeRateLimited, "rate_limited")

@@ -243,6 +243,7 @@ const (
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	h.ctx = ctx
+	wsMetrics.register(ctx.GetMetricsRegistry(), h.logger)
 
 	if err := h.checkConfig(); err != nil {
 		return err

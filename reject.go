@@ -109,6 +109,7 @@ var (
 // handshake of (first_message), else by reject. Metrics and auto-bans hook
 // in here, once.
 func (h *Handler) refuse(hs *handshake, ref *refusal) error {
+	wsMetrics.refused[ref.reason].Inc()
 	h.logRefusal(hs, ref)
 	h.countFailure(hs, ref)
 	if hs.stream != nil {

@@ -177,6 +177,7 @@ func (h *Handler) checkClient(r *http.Request) *refusal {
 // at INFO the log write would be the largest cost of a handshake, and
 // Caddy's access log already records accepted requests with their user_id.
 func (h *Handler) accepted(hs *handshake) {
+	wsMetrics.accepted.Inc()
 	if c := h.logger.Check(zapcore.DebugLevel, "websocket authenticated"); c != nil {
 		c.Write(h.logFields(hs)...)
 	}
