@@ -2,12 +2,10 @@ package wsauth
 
 import (
 	"fmt"
-	"net/http"
 	"testing"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
-	"github.com/gorilla/websocket"
 )
 
 // TestConnectionCap: with max_connections_per_user 2, a user's third live
@@ -21,16 +19,16 @@ func TestConnectionCap(t *testing.T) {
 	a2 := dialLive(t, liveURL(addr, "/ws", alice))
 	a1.echo("one")
 	a2.echo("two")
-	if got := dialOutcome(t, addr, alice); got != "close 1013 rate_limited" {
+	if got := dialOutcome(t, addr, "/ws", alice); got != "close 1013 rate_limited" {
 		t.Errorf("alice's third connection: %s, want close 1013 rate_limited", got)
 	}
-	if got := dialOutcome(t, addr, hs256(t, claims("bob"))); got != "accepted" {
+	if got := dialOutcome(t, addr, "/ws", hs256(t, claims("bob"))); got != "accepted" {
 		t.Errorf("bob, while alice is at her cap: %s, want accepted", got)
 	}
 	// One of alice's connections closes: its slot frees.
 	a1.close()
 	waitLiveCount(t, 1)
-	if got := dialOutcome(t, addr, alice); got != "accepted" {
+	if got := dialOutcome(t, addr, "/ws", alice); got != "accepted" {
 		t.Errorf("alice, after one of her connections closed: %s, want accepted", got)
 	}
 	a2.close()
@@ -48,7 +46,7 @@ func TestConnectionCapStatus(t *testing.T) {
 	tok := hs256(t, claims("carol"))
 	c := dialLive(t, liveURL(addr, "/ws", tok))
 	c.echo("one")
-	_, resp, err := dialQuery(addr, tok)
+	_, resp, err := dial(addr, "/ws", dialOpts{query: "token=" + tok})
 	if err == nil || resp == nil || resp.StatusCode != 429 || resp.Header.Get("Retry-After") == "" {
 		t.Errorf("carol's second connection: %v, want 429 with Retry-After", resp)
 	}
@@ -66,17 +64,17 @@ func TestBlockAfterIP(t *testing.T) {
 	forged := sign(t, jwt.SigningMethodHS256, []byte("not the secret, not the secret!!"), claims("mallory"), "")
 	valid := hs256(t, claims("alice"))
 	for i := range 2 {
-		if got := dialOutcome(t, addr, forged); got != "close 1008 invalid" {
+		if got := dialOutcome(t, addr, "/ws", forged); got != "close 1008 invalid" {
 			t.Fatalf("forged token %d: %s", i+1, got)
 		}
 	}
-	if got := dialOutcome(t, addr, valid); got != "accepted" {
+	if got := dialOutcome(t, addr, "/ws", valid); got != "accepted" {
 		t.Fatalf("a valid token after 2 failures: %s, want accepted", got)
 	}
-	if got := dialOutcome(t, addr, forged); got != "close 1008 invalid" {
+	if got := dialOutcome(t, addr, "/ws", forged); got != "close 1008 invalid" {
 		t.Fatalf("third forged token: %s", got)
 	}
-	if got := dialOutcome(t, addr, valid); got != "close 1008 blocked" {
+	if got := dialOutcome(t, addr, "/ws", valid); got != "close 1008 blocked" {
 		t.Errorf("a valid token after 3 failures: %s, want close 1008 blocked", got)
 	}
 	if exp, ok := banExpiry("ip", "127.0.0.1"); !ok || exp.Sub(time.Now()) > 2*time.Second {
@@ -86,13 +84,13 @@ func TestBlockAfterIP(t *testing.T) {
 	if err := loadCaddyfile(testConfig(addr, site("block_after 3 failures within 1m for 2s\n leeway 1s"), up.addr())); err != nil {
 		t.Fatal(err)
 	}
-	if got := dialOutcomeSettled(t, addr, valid); got != "close 1008 blocked" {
+	if got := dialOutcome(t, addr, "/ws", valid); got != "close 1008 blocked" {
 		t.Errorf("a valid token after a reload, while banned: %s, want close 1008 blocked", got)
 	}
 	// After the ban (2s), the IP is let in.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		got := dialOutcomeSettled(t, addr, valid)
+		got := dialOutcome(t, addr, "/ws", valid)
 		if got == "accepted" {
 			break
 		}
@@ -119,7 +117,7 @@ func TestBlockAfterUser(t *testing.T) {
 	if got := c.closeWithin(5 * time.Second); got != "close 1008 revoked" {
 		t.Errorf("dave's connection after 2 violations: %s, want close 1008 revoked", got)
 	}
-	if got := dialOutcome(t, addr, tok); got != "close 1008 blocked" {
+	if got := dialOutcome(t, addr, "/ws", tok); got != "close 1008 blocked" {
 		t.Errorf("dave's next handshake: %s, want close 1008 blocked", got)
 	}
 	waitLiveCount(t, 0)
@@ -172,25 +170,6 @@ func TestFloodBounds(t *testing.T) {
 	if n > 100 {
 		t.Errorf("the run-time blocklist holds %d bans, bound 100", n)
 	}
-}
-
-// dialOutcome is what a client with token in the query saw (outcome).
-func dialOutcome(t *testing.T, addr, token string) string {
-	t.Helper()
-	c, resp, err := dial(addr, "/ws", dialOpts{query: "token=" + token})
-	return outcome(t, c, resp, err)
-}
-
-// dialOutcomeSettled is dialOutcome just after a reload (dialSettled).
-func dialOutcomeSettled(t *testing.T, addr, token string) string {
-	t.Helper()
-	c, resp, err := dialSettled(addr, "/ws", dialOpts{query: "token=" + token})
-	return outcome(t, c, resp, err)
-}
-
-// dialQuery dials the test site's /ws with token in the query.
-func dialQuery(addr, token string) (*websocket.Conn, *http.Response, error) {
-	return dial(addr, "/ws", dialOpts{query: "token=" + token})
 }
 
 // unban removes a ban made by a test.
