@@ -638,3 +638,30 @@ func shellWords(s string) ([]string, error) {
 	}
 	return words, nil
 }
+
+// TestRevokeCommandEndToEnd: `caddy ws-auth revoke` against a real Caddy's
+// admin API closes the user's live connection with 1008 "revoked" and
+// refuses the next handshake; `unrevoke` lets the user in again.
+func TestRevokeCommandEndToEnd(t *testing.T) {
+	up := newLiveUpstream(t)
+	a := startAdminCaddy(t, site(""), up.addr())
+	tok := hs256(t, claims("erin"))
+	c := dialLive(t, liveURL(a.addr, "/ws", tok))
+	c.echo("before")
+	if out, err := runWSAuth(t, "revoke", "--kind", "sub", "--value", "erin", "--ttl", "1h", "--reason", "test", "--address", a.admin); err != nil {
+		t.Fatalf("revoke: %v (%s)", err, out)
+	}
+	if got := c.closeWithin(5 * time.Second); got != "close 1008 revoked" {
+		t.Errorf("erin's connection after revoke: %s, want close 1008 revoked", got)
+	}
+	if got := dialOutcome(t, a.addr, "/ws", tok); got != "close 1008 blocked" {
+		t.Errorf("erin's handshake after revoke: %s, want close 1008 blocked", got)
+	}
+	if out, err := runWSAuth(t, "unrevoke", "--kind", "sub", "--value", "erin", "--address", a.admin); err != nil {
+		t.Fatalf("unrevoke: %v (%s)", err, out)
+	}
+	if got := dialOutcome(t, a.addr, "/ws", tok); got != "accepted" {
+		t.Errorf("erin's handshake after unrevoke: %s, want accepted", got)
+	}
+	waitLiveCount(t, 0)
+}

@@ -28,4 +28,13 @@
 // entries added at run time implement Blocklist; the GCRA limiter
 // (ratelimit.go) implements Limiter. The lists, the limiters and remote key
 // sets belong to the process, kept across config reloads.
+//
+// After the upstream switched protocols, the connection is watched from
+// inside reverse_proxy's copy loops (watch.go): expiry, revocation, message
+// rate and size, in-band refresh; the process's registry of live
+// connections (live.go) expires them on one timer, closes them on a
+// blocklist change, and caps them per user (limits.go, with block_after's
+// bans). Operators reach that state through the admin API module
+// admin.api.ws_auth (admin.go), the caddy_ws_auth_* metrics (metrics.go)
+// and the `caddy ws-auth` command (command.go).
 package wsauth

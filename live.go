@@ -505,7 +505,7 @@ func tokenMessage(payload, quotedType []byte) (typ, token []byte, err error) {
 
 // violation is the one place where a live connection breaking a message
 // rule (rate_limited, too_big) is reported: logged at DEBUG today, the
-// hook of block_after (auto-bans) and the metrics next.
+// place of block_after's count (auto-bans).
 func (h *Handler) violation(c *liveConn, what string) {
 	h.countViolation(c)
 	if ce := h.logger.Check(zap.DebugLevel, "websocket message rule broken"); ce != nil {
