@@ -504,8 +504,8 @@ func tokenMessage(payload, quotedType []byte) (typ, token []byte, err error) {
 }
 
 // violation is the one place where a live connection breaking a message
-// rule (rate_limited, too_big) is reported: logged at DEBUG today, the
-// place of block_after's count (auto-bans).
+// rule (rate_limited, too_big) is reported: logged at DEBUG, and counted
+// for block_after's auto-bans.
 func (h *Handler) violation(c *liveConn, what string) {
 	h.countViolation(c)
 	if ce := h.logger.Check(zap.DebugLevel, "websocket message rule broken"); ce != nil {
