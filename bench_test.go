@@ -320,7 +320,7 @@ func BenchmarkHandshakeLimits(b *testing.B) {
 		Audiences:             []string{"bench-aud"},
 		AllowedOrigins:        []string{"http://bench.localhost"},
 		Secrets:               []string{alg.config},
-		RateLimits:            &RateLimits{Handshakes: &HandshakeRate{Events: 1_000_000, Window: caddy.Duration(time.Hour)}, Messages: &MessageRate{Events: 1000, Window: caddy.Duration(time.Second)}},
+		RateLimits:            &RateLimits{Handshakes: &HandshakeRate{Events: 1_000_000_000, Window: caddy.Duration(366 * 24 * time.Hour)}, Messages: &MessageRate{Events: 1000, Window: caddy.Duration(time.Second)}},
 		MaxConnectionsPerUser: 1_000_000,
 		BlockAfter:            &BlockAfter{Failures: 5, Within: caddy.Duration(time.Minute), For: caddy.Duration(time.Hour)},
 		BlocklistFile:         list,
