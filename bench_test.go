@@ -362,7 +362,7 @@ func BenchmarkLimitsParallel(b *testing.B) {
 		b.RunParallel(func(pb *testing.PB) {
 			i := 0
 			for pb.Next() {
-				fc.add(keys[i&4095], t0)
+				fc.Add(keys[i&4095], t0)
 				i++
 			}
 		})

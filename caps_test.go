@@ -142,7 +142,7 @@ func TestFloodBounds(t *testing.T) {
 		if i >= 1<<24 {
 			t.Fatal("ran out of addresses")
 		}
-		fc.add(ip, t0)
+		fc.Add(ip, t0)
 		rl.Allow(ip, t0)
 	}
 	if n := len(fc.wins); n > maxRateKeys {

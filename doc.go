@@ -23,10 +23,10 @@
 // checkConfig (config.go) before anything is fetched or started, from JSON
 // and from the Caddyfile (caddyfile.go, which adds the line). Keys are in
 // keys.go and jwks.go, origins in origin.go, frames in frame.go. The state a
-// decision consults is behind the Blocklist and Limiter interfaces
-// (state.go): the blocklist file (blocklist.go) and the in-memory list of
-// entries added at run time implement Blocklist; the GCRA limiter
-// (ratelimit.go) implements Limiter. The lists, the limiters and remote key
+// decision consults is behind small interfaces (state.go): Blocklist (the
+// blocklist file, blocklist.go, and the in-memory list of entries added at
+// run time), Limiter (the GCRA limiter, ratelimit.go), ConnectionSlots and
+// FailureCounter (limits.go), for a store shared by a fleet to implement. The lists, the limiters and remote key
 // sets belong to the process, kept across config reloads.
 //
 // After the upstream switched protocols, the connection is watched from

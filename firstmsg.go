@@ -185,7 +185,9 @@ func (h *Handler) serveFirstMessage(hs *handshake, next caddyhttp.Handler) error
 	}
 	hand := &handOff{stream: cs, header: make(http.Header), unwatch: unwatch}
 	lc, w := h.newLive(hs, hand, r)
-	lc.slot = slot
+	if slot {
+		lc.slots = h.slots
+	}
 	defer lc.end()
 	handedOn = true
 	err = next.ServeHTTP(w, r)

@@ -73,6 +73,12 @@ type connSlots struct {
 
 var userSlots = &connSlots{seed: maphash.MakeSeed(), users: make(map[uint64]int)}
 
+// Take implements ConnectionSlots.
+func (s *connSlots) Take(iss, user string, max int) bool { return s.take(s.slotKey(iss, user), max) }
+
+// Give implements ConnectionSlots.
+func (s *connSlots) Give(iss, user string) { s.give(s.slotKey(iss, user)) }
+
 // slotKey is the key of a user: a hash of the issuer and the user claim,
 // built without an allocation.
 func (s *connSlots) slotKey(iss, user string) uint64 {
@@ -118,32 +124,21 @@ const slotRetry = time.Second
 
 var errTooManyConnections = errString("live connections of the user at max_connections_per_user")
 
-// A slot is a user's connection slot taken for a live connection.
-type slot struct {
-	key   uint64
-	taken bool
-}
-
-// give gives the slot back, if one was taken.
-func (sl *slot) give() {
-	if sl.taken {
-		sl.taken = false
-		userSlots.give(sl.key)
-	}
-}
-
 // takeSlot takes a connection slot of hs's user, if the handler caps
-// them; the slot goes to the liveConn, which gives it back at its end.
-func (h *Handler) takeSlot(hs *handshake) (slot, *refusal) {
+// them, and reports whether it took one: the liveConn gives it back at its
+// end (giveSlot).
+func (h *Handler) takeSlot(hs *handshake) (bool, *refusal) {
 	if h.MaxConnectionsPerUser == 0 {
-		return slot{}, nil
+		return false, nil
 	}
-	key := userSlots.slotKey(hs.id.claims.Issuer.s, hs.id.user)
-	if !userSlots.take(key, h.MaxConnectionsPerUser) {
-		return slot{}, &refusal{reason: reasonRateLimited, detail: errTooManyConnections, retry: slotRetry}
+	if !h.slots.Take(hs.id.claims.Issuer.s, hs.id.user, h.MaxConnectionsPerUser) {
+		return false, &refusal{reason: reasonRateLimited, detail: errTooManyConnections, retry: slotRetry}
 	}
-	return slot{key: key, taken: true}, nil
+	return true, nil
 }
+
+// giveSlot gives back the slot takeSlot took for hs.
+func (h *Handler) giveSlot(hs *handshake) { h.slots.Give(hs.id.claims.Issuer.s, hs.id.user) }
 
 // A failureCounter counts events by key in fixed windows, for
 // block_after. Keys are kept as 64-bit hashes, and at most maxRateKeys of
@@ -168,9 +163,8 @@ func newFailureCounter(limit int, window time.Duration) *failureCounter {
 	return &failureCounter{limit: limit, window: int64(window), seed: maphash.MakeSeed(), wins: make(map[uint64]failureWindow)}
 }
 
-// add counts one failure of key at now, and reports whether it makes
-// limit within the window; the count then starts again.
-func (fc *failureCounter) add(key string, now time.Time) bool {
+// Add implements FailureCounter.
+func (fc *failureCounter) Add(key string, now time.Time) bool {
 	t := now.UnixNano()
 	hk := maphash.String(fc.seed, key)
 	fc.mu.Lock()
@@ -280,7 +274,7 @@ func (h *Handler) countFailure(hs *handshake, ref *refusal) {
 	}
 	key := ipKey(clientIP(hs.r))
 	t := now()
-	if h.ipFailures.add("ip\x00"+key, t) {
+	if h.ipFailures.Add("ip\x00"+key, t) {
 		h.banFor("ip", key, t, "block_after: "+strconv.Itoa(h.BlockAfter.Failures)+" authentication failures")
 	}
 }
@@ -292,7 +286,7 @@ func (h *Handler) countViolation(c *liveConn) {
 		return
 	}
 	t := now()
-	if h.ipFailures.add("sub\x00"+userKey(c.iss, c.user), t) {
+	if h.ipFailures.Add("sub\x00"+userKey(c.iss, c.user), t) {
 		h.banFor("sub", c.user, t, "block_after: "+strconv.Itoa(h.BlockAfter.Failures)+" message rule violations")
 	}
 }

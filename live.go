@@ -49,7 +49,7 @@ type liveConn struct {
 	path   string
 	iss    string
 	user   string
-	slot   slot // the user's connection slot, if the handler caps them
+	slots  ConnectionSlots // where the user's connection slot was taken; nil: none
 	source sourceKind
 
 	// The two ends, set before start and read-only after it. Over HTTP/1.1
@@ -142,7 +142,10 @@ func (c *liveConn) end() {
 	if c.started {
 		liveConns.remove(c)
 	}
-	c.slot.give()
+	if c.slots != nil {
+		c.slots.Give(c.iss, c.user)
+		c.slots = nil
+	}
 }
 
 func (c *liveConn) closing() bool { return c.state.Load() != stateOpen }

@@ -181,13 +181,14 @@ type Handler struct {
 	// The rules on live connections.
 	expire        bool
 	msgRate       *messageRate // nil: no message limit
-	msgUserLimit  *rateLimiter // messages per user
+	msgUserLimit  Limiter      // messages per user
 	msgLimiterKey string
 	refresh       string          // the refresh message's type; "": off
 	refreshQuoted []byte          // the type as a JSON string
 	refreshLimit  int64           // the largest refresh message
 	unsubscribe   func()          // from the blocklist file's changes
-	ipFailures    *failureCounter // block_after's counts; nil: no bans
+	slots         ConnectionSlots // max_connections_per_user's counts
+	ipFailures    FailureCounter  // block_after's counts; nil: no bans
 	failuresKey   string
 	blocklistKey  string
 	origins       originMatcher
@@ -305,7 +306,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			h.msgRate.action = "drop"
 		}
 		if h.msgRate.perUser {
-			h.msgUserLimit, h.msgLimiterKey = acquireRateLimiter("messages", mr.Events, window, true)
+			var l *rateLimiter
+			l, h.msgLimiterKey = acquireRateLimiter("messages", mr.Events, window, true)
+			h.msgUserLimit = l
 		}
 	}
 	if ba := h.BlockAfter; ba != nil {
@@ -313,6 +316,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		fc, _ := failureCounters.LoadOrStore(h.failuresKey, newFailureCounter(ba.Failures, time.Duration(ba.Within)))
 		h.ipFailures = fc.(*failureCounter)
 	}
+	h.slots = userSlots
 	h.expire = h.ExpireConnections == nil || *h.ExpireConnections
 	if h.RefreshMessage != "" {
 		h.refresh = h.RefreshMessage

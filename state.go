@@ -30,6 +30,21 @@ type Limiter interface {
 	Allow(key string, now time.Time) (ok bool, retry time.Duration)
 }
 
+// ConnectionSlots counts the live connections of each user (issuer and
+// user claim), for max_connections_per_user: Take takes one of the user's
+// max slots and reports whether there was one; Give gives one back.
+type ConnectionSlots interface {
+	Take(iss, user string, max int) bool
+	Give(iss, user string)
+}
+
+// A FailureCounter counts failures by key, for block_after: Add counts one
+// at now and reports whether it makes the limit within the window (the
+// count then starts again).
+type FailureCounter interface {
+	Add(key string, now time.Time) bool
+}
+
 // noBlocklist blocks nothing.
 type noBlocklist struct{}
 

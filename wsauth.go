@@ -64,16 +64,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if ref := h.checkToken(token, &hs.id); ref != nil {
 		return h.refuse(hs, ref)
 	}
-	var sl slot
+	slot := false
 	if upgrade {
 		var ref *refusal
-		if sl, ref = h.takeSlot(hs); ref != nil {
+		if slot, ref = h.takeSlot(hs); ref != nil {
 			return h.refuse(hs, ref)
 		}
-		if sl.taken {
+		if slot {
 			// Given back by the connection's end, or here if it never
 			// gets one.
-			defer sl.give()
+			defer func() {
+				if slot {
+					h.giveSlot(hs)
+				}
+			}()
 		}
 	}
 	hs.id.source = src.kind
@@ -115,7 +119,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 		var lc *liveConn
 		lc, w = h.newLive(hs, w, r)
-		lc.slot, sl.taken = sl, false
+		if slot {
+			lc.slots, slot = h.slots, false
+		}
 		defer lc.end()
 	}
 	handedOn = true
