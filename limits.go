@@ -137,9 +137,6 @@ func (h *Handler) takeSlot(hs *handshake) (bool, *refusal) {
 	return true, nil
 }
 
-// giveSlot gives back the slot takeSlot took for hs.
-func (h *Handler) giveSlot(hs *handshake) { h.slots.Give(hs.id.claims.Issuer.s, hs.id.user) }
-
 // A failureCounter counts events by key in fixed windows, for
 // block_after. Keys are kept as 64-bit hashes, and at most maxRateKeys of
 // them: under a flood of distinct keys, keys whose window has passed go

@@ -19,16 +19,22 @@ import (
 // only its payload segment, decoded again if a placeholder asks for a claim
 // that tokenClaims does not hold.
 type identity struct {
-	claims  tokenClaims
-	user    string
-	source  sourceKind
-	payload string
+	claims tokenClaims
+	user   string
+	source sourceKind
 
 	verified bool      // the signature checked out
 	granted  scopeList // the scopes the token grants, from the configured claim
 
-	all    map[string]any // every claim, decoded on first use
-	allErr error
+	lazy lazyClaims // every claim, decoded on first use
+}
+
+// lazyClaims is a token's payload segment, decoded into every claim on
+// first use.
+type lazyClaims struct {
+	payload string
+	all     map[string]any
+	err     error
 }
 
 // tokenClaims is what every handshake decodes: the registered claims and
@@ -324,7 +330,7 @@ func (h *Handler) verify(token string, id *identity) *refusal {
 	}
 	// Claims are only worth anything (to a log, say) from here on.
 	id.verified = true
-	id.payload = token[i+1 : j]
+	id.lazy.payload = token[i+1 : j]
 
 	raw, err = b64.AppendDecode(buf, payloadSeg)
 	if err != nil {
@@ -513,22 +519,25 @@ func lookupPath(m map[string]any, path string) (any, bool) {
 }
 
 // allClaims decodes the payload into a map once, keeping numbers as written.
-func (id *identity) allClaims() map[string]any {
-	if id.all != nil || id.allErr != nil {
-		return id.all
+func (id *identity) allClaims() map[string]any { return id.lazy.get() }
+
+// get decodes the claims once, and returns them (nil if they cannot be).
+func (l *lazyClaims) get() map[string]any {
+	if l.all != nil || l.err != nil {
+		return l.all
 	}
-	raw, err := base64.RawURLEncoding.DecodeString(id.payload)
+	raw, err := base64.RawURLEncoding.DecodeString(l.payload)
 	if err != nil {
-		id.allErr = err
+		l.err = err
 		return nil
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
-	if err := dec.Decode(&id.all); err != nil {
-		id.allErr = err
+	if err := dec.Decode(&l.all); err != nil {
+		l.err = err
 		return nil
 	}
-	return id.all
+	return l.all
 }
 
 // formatClaim renders a claim for a placeholder: strings as they are,

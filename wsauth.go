@@ -73,9 +73,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if slot {
 			// Given back by the connection's end, or here if it never
 			// gets one.
+			iss, user := hs.id.claims.Issuer.s, hs.id.user
 			defer func() {
 				if slot {
-					h.giveSlot(hs)
+					h.slots.Give(iss, user)
 				}
 			}()
 		}
@@ -188,7 +189,7 @@ func (h *Handler) accepted(hs *handshake) {
 		c.Write(h.logFields(hs)...)
 	}
 	repl := hs.r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	repl.Map(hs.id.placeholder)
+	repl.Map(hs.id.view().placeholder)
 }
 
 // A handshake is one request being decided: what the checks learn of it,
@@ -202,11 +203,28 @@ type handshake struct {
 	stream *clientStream // once the module answered the handshake itself
 }
 
-// placeholder resolves the {ws_auth.*} placeholders and {http.auth.user.id}
-// from the identity, decoding claims only when one is asked for.
-func (id *identity) placeholder(key string) (any, bool) {
+// A placeholderView is what the placeholders read of an accepted
+// identity: a small copy, so that the replacer, which lives as long as the
+// request (a WebSocket's whole life), keeps it and not the handshake.
+type placeholderView struct {
+	user    string
+	jti     string
+	expires time.Time
+	scopes  scopeList
+	source  sourceKind
+	claims  lazyClaims
+}
+
+func (id *identity) view() *placeholderView {
+	return &placeholderView{user: id.user, jti: id.claims.ID.s, expires: id.expires(),
+		scopes: id.granted, source: id.source, claims: id.lazy}
+}
+
+// placeholder resolves the {ws_auth.*} placeholders and {http.auth.user.id},
+// decoding claims only when one is asked for.
+func (pv *placeholderView) placeholder(key string) (any, bool) {
 	if key == "http.auth.user.id" {
-		return id.user, true
+		return pv.user, true
 	}
 	name, ok := strings.CutPrefix(key, "ws_auth.")
 	if !ok {
@@ -214,16 +232,16 @@ func (id *identity) placeholder(key string) (any, bool) {
 	}
 	switch name {
 	case "scopes":
-		return id.granted.String(), true
+		return pv.scopes.String(), true
 	case "jti":
-		return id.claims.ID.s, true
+		return pv.jti, true
 	case "expires":
-		return id.expires().UTC().Format(time.RFC3339), true
+		return pv.expires.UTC().Format(time.RFC3339), true
 	case "token_source":
-		return id.source.String(), true
+		return pv.source.String(), true
 	}
 	if claim, ok := strings.CutPrefix(name, "claims."); ok {
-		v, ok := id.lookup(claim)
+		v, ok := lookupPath(pv.claims.get(), claim)
 		if !ok {
 			return "", true
 		}
