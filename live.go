@@ -84,6 +84,7 @@ type liveConn struct {
 	pending     []byte // frames for the client, waiting for a frame boundary
 
 	state       atomic.Int32
+	shutting    atomic.Bool // shut has begun (once)
 	interrupted atomic.Bool
 
 	// The message rate per connection (GCRA), and when the next notify
@@ -162,7 +163,7 @@ func (c *liveConn) expire() { c.shut(c.h.codes[reasonExpired], "expired") }
 // or after closeWait at the latest); after one more closeWait both are
 // closed whatever happened. Only the first call counts.
 func (c *liveConn) shut(code uint16, text string) {
-	if !c.state.CompareAndSwap(stateOpen, stateClosing) {
+	if c.state.Load() != stateOpen || !c.shutting.CompareAndSwap(false, true) {
 		return
 	}
 	wsMetrics.closedWith(text)
@@ -175,7 +176,8 @@ func (c *liveConn) shut(code uint16, text string) {
 		_ = c.conn.SetWriteDeadline(time.Now().Add(2 * closeWait))
 	}
 	var buf [4 + maxCloseReason]byte
-	c.inject(appendCloseFrame(buf[:0], code, text), true)
+	c.inject(appendCloseFrame(buf[:0], code, text), true) // and marks it closing
+	c.state.CompareAndSwap(stateOpen, stateClosing)       // in case inject had nothing to do
 }
 
 // stopReading is the close sequence's second step: the client did not

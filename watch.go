@@ -146,7 +146,11 @@ type inbound struct {
 	fragmented bool // a data message continues in the next frame
 	dropMsg    bool // the current data message is not forwarded
 	broken     bool // the client's framing broke: nothing more is forwarded
-	finished   bool // the upstream got its Close: reading is over
+
+	upstreamClosed bool // the upstream got the module's Close
+	clientClosed   bool // the client answered the module's Close
+	stopped        bool // the client's time to answer is over
+	finished       bool // reading is over
 }
 
 // atBoundary reports whether the upstream has had whole frames only.
@@ -175,12 +179,24 @@ func (c *liveConn) read(p []byte) (int, error) {
 		if in.finished {
 			return 0, errLiveClosed
 		}
-		if c.closing() && (in.atBoundary() || in.broken) {
-			// At a frame boundary of a connection the module closes: the
-			// upstream gets its Close, then the copy ends.
-			in.outOff, in.outEnd = 0, uint8(len(appendMaskedCloseFrame(in.outBuf[:0], closeGoingAway, "")))
-			in.finished = true
-			continue
+		if c.closing() {
+			if !in.upstreamClosed && (in.atBoundary() || in.broken) {
+				// At a frame boundary of a connection the module closes:
+				// the upstream gets its Close.
+				in.outOff, in.outEnd = 0, uint8(len(appendMaskedCloseFrame(in.outBuf[:0], closeGoingAway, "")))
+				in.upstreamClosed = true
+				continue
+			}
+			// The copy ends once the client answered the module's Close,
+			// its time to answer is over, or its stream ended: not before,
+			// so that the module's Close reaches it first.
+			if in.upstreamClosed && (in.clientClosed || in.stopped || in.err != nil) {
+				in.finished = true
+				continue
+			}
+			if in.stopped {
+				return 0, errLiveClosed // out of time in the middle of a frame
+			}
 		}
 		if in.err != nil {
 			return 0, in.err
@@ -191,20 +207,17 @@ func (c *liveConn) read(p []byte) (int, error) {
 		if len(in.hold) > 0 {
 			carry = in.hold
 		}
-		hn := len(carry)
+		hn := len(carry) // at most a refresh message
 		if len(p) <= hn {
 			return 0, errShortBuffer
 		}
 		copy(p, carry)
 		in.hn, in.hold = 0, nil
 		n, err := c.src.Read(p[hn:])
-		stopped := false
 		if err != nil && c.interrupted.Load() {
 			// The module's own interruption of a client that did not
-			// answer its Close (a deadline, or the stream's body closed):
-			// the top of the loop closes the upstream, if the client is
-			// not in the middle of a frame.
-			err, stopped = nil, true
+			// answer its Close (a deadline, or the stream's body closed).
+			err, in.stopped = nil, true
 		}
 		w := 0
 		if hn+n > 0 {
@@ -212,9 +225,6 @@ func (c *liveConn) read(p []byte) (int, error) {
 			if w, ferr = c.filter(p, hn+n); ferr != nil {
 				err = ferr
 			}
-		}
-		if stopped && err == nil && !in.atBoundary() && !in.broken {
-			err = errLiveClosed
 		}
 		// An error goes out after the bytes before it, and after the
 		// upstream's Close if the module is closing.
@@ -231,6 +241,9 @@ func (c *liveConn) read(p []byte) (int, error) {
 // for the next read; a refresh message is completed from the client first.
 func (c *liveConn) filter(p []byte, n int) (int, error) {
 	in := &c.in
+	if in.broken {
+		return 0, nil // nothing of a broken client goes on
+	}
 	r, w := 0, 0
 	for r < n {
 		if in.left > 0 {
@@ -302,6 +315,9 @@ func (c *liveConn) filter(p []byte, n int) (int, error) {
 func (c *liveConn) onFrame(fh *frameHeader) bool {
 	in := &c.in
 	if c.closing() {
+		if fh.opcode == opClose {
+			in.clientClosed = true // the client answered the module's Close
+		}
 		return false // the upstream gets the module's Close instead
 	}
 	switch fh.opcode {
@@ -426,6 +442,13 @@ func (c *liveConn) inject(frame []byte, close bool) {
 	}
 	c.pending = append(c.pending, frame...)
 	c.closeQueued = close
+	if close {
+		// The reading side sees the connection closing once its Close is
+		// queued, and before it is written: so the client's answer to it
+		// is never forwarded, and nothing the upstream answers to its own
+		// Close goes to the client before it.
+		c.state.CompareAndSwap(stateOpen, stateClosing)
+	}
 	if c.out.atBoundary() && c.dst != nil {
 		_ = c.flushPending()
 	}
