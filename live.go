@@ -91,6 +91,7 @@ type liveConn struct {
 	// may go; the reading goroutine's.
 	msgTAT     int64
 	notifyNext int64
+	msgKey     string // the user's key in a message limit per user
 
 	writer liveWriter
 }
@@ -203,7 +204,10 @@ func (c *liveConn) allowMessage() bool {
 	var ok bool
 	var wait time.Duration
 	if mr.perUser {
-		ok, wait = c.h.msgUserLimit.Allow(userKey(c.iss, c.user), time.Unix(0, t))
+		if c.msgKey == "" {
+			c.msgKey = userKey(c.iss, c.user) // once, not a string a message
+		}
+		ok, wait = c.h.msgUserLimit.Allow(c.msgKey, time.Unix(0, t))
 	} else {
 		ok, wait = c.allowLocal(t, mr)
 	}

@@ -431,6 +431,10 @@ func (c *liveConn) write(p []byte) (int, error) {
 	return total, nil
 }
 
+// maxPending bounds the frames waiting for the upstream's next frame
+// boundary, but for the module's Close.
+const maxPending = 4 << 10
+
 // inject sends frame to the client at the next frame boundary: at once if
 // the upstream's stream is at one, else from write when it reaches one.
 // close marks frame as the module's Close, after which nothing follows.
@@ -438,6 +442,12 @@ func (c *liveConn) inject(frame []byte, close bool) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.done || c.sentClose || c.closeQueued {
+		return
+	}
+	if !close && len(c.pending)+len(frame) > maxPending {
+		// The upstream is in the middle of a long frame, and the client
+		// keeps asking for answers (refreshes, notices): the pending
+		// answers stay bounded; the Close always has room.
 		return
 	}
 	c.pending = append(c.pending, frame...)

@@ -956,12 +956,24 @@ func writeInjected(tb testing.TB, c *liveConn, frame []byte, half int, inj []byt
 // TestWatcherZeroAllocs: in steady state, relaying a frame allocates
 // nothing, in either direction, with every rule on.
 func TestWatcherZeroAllocs(t *testing.T) {
-	h := allRules(t)
+	perUser, _ := newHandler(t, &Handler{
+		Secrets: []string{testSecret},
+		RateLimits: &RateLimits{Messages: &MessageRate{
+			Events: 1_000_000_000_000, Window: caddy.Duration(366 * 24 * time.Hour), Per: "user",
+		}},
+	})
+	perUser.logger = zap.NewNop()
+	zeroAllocs(t, allRules(t))
+	zeroAllocs(t, perUser)
+}
+
+// zeroAllocs checks that h's watcher allocates nothing a frame, once warm.
+func zeroAllocs(t *testing.T, h *Handler) {
 	inj := appendTextFrame(nil, []byte(`{"type":"refresh_token_ok","exp":1700000000}`))
 	for _, fr := range watcherFrames() {
 		frame := clientFrame(true, fr.op, fr.payload, testMask, 0)
 		src := &frameSource{frame: frame}
-		c := &liveConn{h: h, src: src, dst: io.Discard}
+		c := &liveConn{h: h, src: src, dst: io.Discard, iss: "iss", user: "alice"}
 		buf := make([]byte, 32<<10)
 		readOne(t, c, src, buf) // warm up
 		if a := testing.AllocsPerRun(200, func() { readOne(t, c, src, buf) }); a != 0 {
@@ -1040,4 +1052,32 @@ func TestWatcherProtocolError(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestWatcherPendingBounded: while the upstream is in the middle of a
+// frame, answers for the client wait, but no more than maxPending bytes of
+// them; the module's Close always gets in, and goes last.
+func TestWatcherPendingBounded(t *testing.T) {
+	var client bytes.Buffer
+	c := &liveConn{h: watcherHandler(t), dst: &client}
+	big := clientFrame(true, opBinary, make([]byte, 1000), nil, 0)
+	if _, err := c.write(big[:10]); err != nil { // the upstream stops inside a frame
+		t.Fatal(err)
+	}
+	answer := appendTextFrame(nil, []byte(`{"type":"refresh_token_ok","exp":1700000000}`))
+	for range 1000 {
+		c.inject(answer, false)
+	}
+	c.inject(appendCloseFrame(nil, 4001, "expired"), true)
+	if len(c.pending) > maxPending+maxCloseReason+4 {
+		t.Errorf("%d bytes pending, bound %d", len(c.pending), maxPending)
+	}
+	if _, err := c.write(big[10:]); err != nil {
+		t.Fatal(err)
+	}
+	got := client.Bytes()
+	if !bytes.HasPrefix(got, big) || !bytes.HasSuffix(got, appendCloseFrame(nil, 4001, "expired")) {
+		t.Errorf("the client got %d bytes, not the frame, answers, then the Close", len(got))
+	}
+	c.end()
 }
