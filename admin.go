@@ -230,7 +230,7 @@ func (a *AdminAPI) addEntry(w http.ResponseWriter, r *http.Request) error {
 	if req.ttl > 0 {
 		e.Expires = ceilSecond(t.Add(req.ttl))
 	}
-	replaced, err := runtimeBlocklist.put(e, t)
+	replaced, err := blockEntry(e, t)
 	if err != nil {
 		return badRequest(err)
 	}
@@ -262,7 +262,7 @@ func (a *AdminAPI) removeEntry(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	t := now()
-	e, _, inForce, err := runtimeBlocklist.take(req.kind, req.value, t)
+	e, _, inForce, err := unblockEntry(req.kind, req.value, t)
 	if err != nil {
 		return badRequest(err)
 	}

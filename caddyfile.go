@@ -12,6 +12,7 @@ import (
 	"github.com/dustin/go-humanize"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -178,7 +179,7 @@ var caddyfileOptions = map[string]caddyfileOption{
 	// Options of SPEC.md that later versions add.
 	"max_connections_per_user": {once: true, parse: (*caddyfileParser).maxConnectionsPerUser},
 	"block_after":              {once: true, parse: (*caddyfileParser).blockAfter},
-	"redis":                    {parse: (*caddyfileParser).notYet},
+	"redis":                    {once: true, parse: (*caddyfileParser).redis},
 }
 
 func (p *caddyfileParser) tokenSource() error {
@@ -651,8 +652,46 @@ func (p *caddyfileParser) blockAfter() error {
 	return nil
 }
 
-func (p *caddyfileParser) notYet() error {
-	return p.d.Errf("%s: not available in this version of ws_auth yet", p.d.Val())
+// redis parses `redis <url> [<key_prefix>] [{ lease <duration> }]` into
+// the ws_auth.stores.redis module.
+func (p *caddyfileParser) redis() error {
+	d := p.d
+	args := d.RemainingArgs()
+	if len(args) < 1 || len(args) > 2 {
+		return d.Errf("redis: want redis <url> [<key_prefix>]")
+	}
+	rs := &RedisStore{URL: args[0]}
+	if len(args) == 2 {
+		rs.KeyPrefix = args[1]
+	}
+	var last string
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		if sub == "{" && last != "" {
+			return d.Errf("redis %s: unexpected block", last)
+		}
+		last = sub
+		if sub != "lease" {
+			return d.Errf("redis: unrecognized subdirective '%s'", sub)
+		}
+		if rs.Lease != 0 {
+			return d.Errf("redis lease: already specified")
+		}
+		v, err := oneArgOf(d, "redis lease")
+		if err != nil {
+			return err
+		}
+		dur, err := caddy.ParseDuration(v)
+		if err != nil {
+			return d.Errf("redis lease: invalid duration %q", v)
+		}
+		rs.Lease = caddy.Duration(dur)
+	}
+	if err := rs.check(); err != nil {
+		return d.WrapErr(err)
+	}
+	p.h.StoreRaw = caddyconfig.JSONModuleObject(rs, "module", "redis", nil)
+	return nil
 }
 
 // checkBlock applies the rules that need the whole block, each error at

@@ -245,9 +245,10 @@ func (bs *banSet) ban(kind, value string, now time.Time, d time.Duration, reason
 	bs.bans[k] = now.Add(d)
 	bs.mu.Unlock()
 	for _, key := range drop {
-		_, _ = runtimeBlocklist.Remove(key.kind, key.value)
+		_, _, _, _ = unblockEntry(key.kind, key.value, now)
 	}
-	return runtimeBlocklist.Add(Entry{Kind: kind, Value: value, Expires: now.Add(d), Reason: reason})
+	_, err := blockEntry(Entry{Kind: kind, Value: value, Expires: now.Add(d), Reason: reason}, now)
+	return err
 }
 
 // size is how many bans are in force (or expired, not yet taken out).

@@ -2,6 +2,7 @@ package wsauth
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -145,6 +146,15 @@ type Handler struct {
 	// live connections it matches. Default: no bans.
 	BlockAfter *BlockAfter `json:"block_after,omitempty"`
 
+	// Shares state with the other Caddy instances that use the same store:
+	// the blocklist entries added at run time (admin API, block_after's
+	// bans), which then close matching live connections on every
+	// instance; the handshake rate limits; block_after's failure counts;
+	// and max_connections_per_user. A module of the ws_auth.stores
+	// namespace; the Caddyfile's `redis` writes ws_auth.stores.redis.
+	// Default: none, the state is the process's own.
+	StoreRaw json.RawMessage `json:"store,omitempty" caddy:"namespace=ws_auth.stores inline_key=module"`
+
 	// Whether a live connection is closed when its token expires, at exp
 	// plus leeway: the client gets a Close frame 4001 "expired", the
 	// upstream a Close 1001, each at a frame boundary. Default: true.
@@ -187,6 +197,7 @@ type Handler struct {
 	refreshQuoted []byte          // the type as a JSON string
 	refreshLimit  int64           // the largest refresh message
 	unsubscribe   func()          // from the blocklist file's changes
+	store         Store           // nil: none
 	slots         ConnectionSlots // max_connections_per_user's counts
 	ipFailures    FailureCounter  // block_after's counts; nil: no bans
 	failuresKey   string
@@ -283,15 +294,27 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.logger.Warn("allow_missing_origin has no effect without allowed_origins")
 	}
 
+	if h.StoreRaw != nil {
+		mod, err := ctx.LoadModule(h, "StoreRaw")
+		if err != nil {
+			return fmt.Errorf("loading store: %v", err)
+		}
+		h.store = mod.(Store)
+	}
+
 	h.ipLimit, h.userLimit = noLimit{}, noLimit{}
 	if h.RateLimits != nil && h.RateLimits.Handshakes != nil {
 		hr := h.RateLimits.Handshakes
 		l, key := acquireRateLimiter("handshakes", hr.Events, time.Duration(hr.Window), hr.Per == "user")
 		h.limiterKey = key
+		var lim Limiter = l
+		if h.store != nil {
+			lim = h.store.Limiter(key, hr.Events, time.Duration(hr.Window), l)
+		}
 		if l.perUser {
-			h.userLimit = l
+			h.userLimit = lim
 		} else {
-			h.ipLimit, h.needIP = l, true
+			h.ipLimit, h.needIP = lim, true
 		}
 	}
 	if mr := h.RateLimits.messages(); mr != nil {
@@ -315,8 +338,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.failuresKey = fmt.Sprintf("%d/%d", ba.Failures, ba.Within)
 		fc, _ := failureCounters.LoadOrStore(h.failuresKey, newFailureCounter(ba.Failures, time.Duration(ba.Within)))
 		h.ipFailures = fc.(*failureCounter)
+		if h.store != nil {
+			h.ipFailures = h.store.FailureCounter(h.failuresKey, ba.Failures, time.Duration(ba.Within), h.ipFailures)
+		}
 	}
 	h.slots = userSlots
+	if h.store != nil {
+		h.slots = h.store.Slots()
+	}
 	h.expire = h.ExpireConnections == nil || *h.ExpireConnections
 	if h.RefreshMessage != "" {
 		h.refresh = h.RefreshMessage

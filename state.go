@@ -240,3 +240,19 @@ func parseIP(ip string) (netip.Addr, bool) {
 	}
 	return addr.WithZone("").Unmap(), true
 }
+
+// A Store holds state shared beyond the process, by a fleet of Caddy
+// instances: modules of the ws_auth.stores namespace (ws_auth.stores.redis)
+// implement it. Each counter it returns falls back to local, the
+// process's own, while the store cannot be reached. The run-time
+// blocklist is shared by the store itself: it keeps runtimeBlocklist
+// (blockEntry, unblockEntry) in step with the fleet's.
+type Store interface {
+	// Limiter returns the fleet's limiter named name: events per window.
+	Limiter(name string, events int, window time.Duration, local Limiter) Limiter
+	// FailureCounter returns the fleet's counter named name: limit
+	// failures within window.
+	FailureCounter(name string, limit int, window time.Duration, local FailureCounter) FailureCounter
+	// Slots returns the fleet's connection counts.
+	Slots() ConnectionSlots
+}
