@@ -126,6 +126,14 @@ func (c *liveConn) start() {
 	c.started = true
 	c.since = time.Now()
 	liveConns.add(c)
+	// The blocklist may have changed since the handshake was decided
+	// (while the upstream answered, or while the 101 went out, which the
+	// hijack sends before the registry knows the connection): a change
+	// from then on finds the connection in the registry, and one made
+	// before is seen here.
+	if c.blocked(now()) {
+		c.shut(c.h.codes[reasonBlocked], "revoked")
+	}
 }
 
 // end is called when reverse_proxy is done with the connection (or never

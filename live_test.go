@@ -659,7 +659,7 @@ type liveUpstream struct {
 	pings   []string      // ping payloads, in order
 }
 
-func newLiveUpstream(t *testing.T) *liveUpstream {
+func newLiveUpstream(t testing.TB) *liveUpstream {
 	u := &liveUpstream{closes: make(chan int, 64)}
 	up := websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
 	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -1340,4 +1340,35 @@ type watchWriter struct {
 func (ww *watchWriter) Write(p []byte) (int, error) {
 	ww.onWrite()
 	return ww.w.Write(p)
+}
+
+// TestLiveRevokedWhileDialing: an entry added after the handshake was
+// decided but before the connection is in the registry (here, while the
+// upstream answers the upgrade) still closes the connection: the 101 goes
+// out during the hijack, before the registry knows the connection, and a
+// revocation in between was once missed.
+func TestLiveRevokedWhileDialing(t *testing.T) {
+	upgrader := websocket.Upgrader{CheckOrigin: func(*http.Request) bool { return true }}
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := runtimeBlocklist.Add(Entry{Kind: "sub", Value: "mallory"}); err != nil {
+			t.Error(err)
+		}
+		c, err := upgrader.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		for {
+			if _, _, err := c.ReadMessage(); err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(up.Close)
+	t.Cleanup(func() { _, _ = runtimeBlocklist.Remove("sub", "mallory") })
+	addr := startCaddy(t, site(""), strings.TrimPrefix(up.URL, "http://"))
+	c := dialLive(t, liveURL(addr, "/ws", hs256(t, claims("mallory"))))
+	if got := c.closeWithin(2 * time.Second); got != "close 1008 revoked" {
+		t.Errorf("mallory, blocked while her upstream answered: %s, want close 1008 revoked", got)
+	}
 }
