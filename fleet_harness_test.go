@@ -86,7 +86,7 @@ func (b *lockedBuffer) String() string {
 type redisServer struct {
 	Addr string // "127.0.0.1:<port>"
 
-	t    *testing.T
+	t    testing.TB
 	args []string     // the redis-server arguments
 	out  lockedBuffer // its stdout and stderr, across restarts
 
@@ -97,7 +97,7 @@ type redisServer struct {
 // startRedis starts a redis-server on a free loopback port with a fresh
 // data directory, waits until it answers PING and stops it when the test
 // ends. Without redis-server the test is skipped (see requireServer).
-func startRedis(t *testing.T) *redisServer {
+func startRedis(t testing.TB) *redisServer {
 	t.Helper()
 	requireRedis(t)
 	return launchRedis(t, freePort(t), t.TempDir())
@@ -105,7 +105,7 @@ func startRedis(t *testing.T) *redisServer {
 
 // launchRedis starts a redis-server on port with its data in dir, plus
 // the extra arguments, and waits until it answers PING.
-func launchRedis(t *testing.T, port int, dir string, extra ...string) *redisServer {
+func launchRedis(t testing.TB, port int, dir string, extra ...string) *redisServer {
 	t.Helper()
 	r := &redisServer{
 		Addr: fmt.Sprintf("127.0.0.1:%d", port),
@@ -310,7 +310,7 @@ func readRESP(r *bufio.Reader) (string, error) {
 // and returns the nodes' addresses. The nodes stop when the test ends.
 // Without redis-server or redis-cli the test is skipped (see
 // requireServer).
-func startRedisCluster(t *testing.T) []string {
+func startRedisCluster(t testing.TB) []string {
 	t.Helper()
 	var addrs []string
 	for _, r := range startRedisClusterServers(t) {
@@ -321,7 +321,7 @@ func startRedisCluster(t *testing.T) []string {
 
 // startRedisClusterServers is startRedisCluster returning the nodes
 // themselves, so that a test may Stop and Start one of them.
-func startRedisClusterServers(t *testing.T) []*redisServer {
+func startRedisClusterServers(t testing.TB) []*redisServer {
 	t.Helper()
 	requireRedis(t)
 	used := map[int]bool{}
@@ -441,7 +441,7 @@ func TestCaddyProcess(t *testing.T) {
 // caddyProcess is a Caddy instance in a child process of the test binary
 // (TestCaddyProcess), as another member of a fleet.
 type caddyProcess struct {
-	t      *testing.T
+	t      testing.TB
 	cmd    *exec.Cmd
 	stdin  io.WriteCloser
 	stdout lockedBuffer  // "caddy ready" and the child test's verdict
@@ -454,7 +454,7 @@ type caddyProcess struct {
 // most 30 s) until it has loaded it, and kills it when the test ends if it
 // is still running. The Caddyfile is usually testConfig's, on an address
 // from freePort.
-func startCaddyProcess(t *testing.T, caddyfile string) *caddyProcess {
+func startCaddyProcess(t testing.TB, caddyfile string) *caddyProcess {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "Caddyfile")
 	if err := os.WriteFile(path, []byte(caddyfile), 0o600); err != nil {

@@ -241,6 +241,7 @@ func redisOptions(raw string) (*redis.UniversalOptions, error) {
 	if o.MaxRetries == 0 {
 		o.MaxRetries = -1 // a handshake does not wait for retries; the ping notices the outage
 	}
+	o.DialerRetries = 1
 	o.ContextTimeoutEnabled = true
 	o.DisableIdentity = true // no CLIENT SETINFO, which older servers refuse
 	return o, nil
@@ -260,6 +261,20 @@ func redactStoreURL(raw string) string {
 	}
 	return redactURL(u)
 }
+
+// goRedisLog takes go-redis's own log lines (a failed dial, a dropped
+// connection: one a second while Redis is down) to Caddy's log at DEBUG, so
+// that an outage is told once, by the store. go-redis has one logger for
+// the process: this applies to every go-redis client in it.
+type goRedisLog struct{ l *zap.Logger }
+
+func (g goRedisLog) Printf(_ context.Context, format string, v ...any) {
+	if ce := g.l.Check(zap.DebugLevel, "go-redis"); ce != nil {
+		ce.Write(zap.String("line", fmt.Sprintf(format, v...)))
+	}
+}
+
+var quietGoRedis sync.Once
 
 // processID names this process in the fleet's keys and messages.
 var processID = func() string {
@@ -308,6 +323,7 @@ func newRedisShared(rawURL string, opts *redis.UniversalOptions, prefix string, 
 		done:    make(chan struct{}),
 	}
 	s.slots = &fleetSlots{s: s, users: make(map[uint64]*fleetUser)}
+	quietGoRedis.Do(func() { redis.SetLogger(goRedisLog{caddy.Log().Named("ws_auth.redis")}) })
 	s.up.Store(true)
 
 	// Entries already on the run-time list (a reload that adds the store)
@@ -347,8 +363,8 @@ func (s *redisShared) Destruct() error {
 	return s.client.Close()
 }
 
-func (s *redisShared) channel() string      { return s.prefix + "blocklist:changes" }
-func (s *redisShared) listKey() string      { return s.prefix + "blocklist" }
+func (s *redisShared) channel() string { return s.prefix + "blocklist:changes" }
+func (s *redisShared) listKey() string { return s.prefix + "blocklist" }
 func hashKey(parts ...string) string {
 	var d xxhash.Digest
 	d.Reset()
