@@ -42,7 +42,8 @@ import (
 // key PEM, an empty blocklist, a JWK Set, a log file); a remote jwks URL is
 // a loopback HTTP server serving a real JWK Set (plain http is allowed to
 // loopback), and the test checks that validation fetched it; every
-// {env.NAME} and {$NAME} without a default is set with t.Setenv. A block that names a file
+// {env.NAME} and {$NAME} without a default is set with t.Setenv (REDIS_URL
+// to a redis-server the test starts). A block that names a file
 // or a jwks URL without a stand-in fails, rather than reach for the real
 // one.
 //
@@ -177,6 +178,11 @@ var docEnv = regexp.MustCompile(`\{(?:env\.|\$)([A-Za-z_][A-Za-z0-9_]*)\}`)
 func (s *docStandIns) apply(text string) (string, bool) {
 	s.t.Helper()
 	for _, m := range docEnv.FindAllStringSubmatch(text, -1) {
+		if m[1] == "REDIS_URL" {
+			// A store's URL: a real redis-server, which validation dials.
+			s.t.Setenv(m[1], "redis://"+startRedis(s.t).Addr)
+			continue
+		}
 		s.t.Setenv(m[1], "docs-test-secret-long-enough-for-hs256-0123456789")
 	}
 	for from, to := range s.files {

@@ -118,7 +118,7 @@ func (r *splitReader) Read(p []byte) (int, error) {
 // on live connections: none unless opts sets some.
 func watcherHandler(t testing.TB, opts ...func(h *Handler)) *Handler {
 	t.Helper()
-	h := &Handler{logger: zap.NewNop()}
+	h := &Handler{logger: zap.NewNop(), blocklist: noBlocklist{}}
 	if err := h.compileCloseCodes(); err != nil {
 		t.Fatal(err)
 	}
