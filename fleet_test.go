@@ -59,6 +59,12 @@ func (f *fleetPair) startChild(t *testing.T) {
 	admin := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	cfg := strings.Replace(testConfig(f.b, f.site, f.up.addr()), "admin off", "admin "+admin, 1)
 	f.child = startCaddyProcess(t, cfg)
+	child := f.child
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the log of b (%s):\n%s", f.b, child.Logs())
+		}
+	})
 	f.admin = &adminAPI{t: t, addr: f.b, admin: admin, upstream: f.up.addr(), client: &http.Client{Timeout: 5 * time.Second}}
 }
 
@@ -269,16 +275,34 @@ func TestFleetOutage(t *testing.T) {
 	if got := dialOutcome(t, f.b, "/ws", carol); got != "close 1008 blocked" {
 		t.Errorf("carol on b, banned there during the outage: %s, want close 1008 blocked", got)
 	}
+	// A removal during the outage is not undone by the sync after it.
+	f.admin.want("DELETE", "/ws_auth/blocklist", `{"kind":"sub","value":"alice"}`, http.StatusOK)
 	time.Sleep(1500 * time.Millisecond) // more failed pings: still one line
 
 	r.Start()
-	eventually(t, 5*time.Second, "carol's entry in redis", func() string {
-		if got := r.Do(t, "HKEYS", "test:TestFleetOutage:blocklist"); !strings.Contains(got, "sub:carol") {
+	eventually(t, 5*time.Second, "carol's entry in redis, alice's gone", func() string {
+		if got := r.Do(t, "HKEYS", "test:TestFleetOutage:blocklist"); got != "sub:carol" {
 			return "HKEYS: " + got
 		}
 		return ""
 	})
 	eventually(t, 15*time.Second, "carol on a once redis is back", wantOutcome(t, f.a, carol, "close 1008 blocked"))
+	eventually(t, 15*time.Second, "alice on a once redis is back", wantOutcome(t, f.a, alice, "accepted"))
+
+	// Both instances have subscribed again: a revocation through b closes
+	// a connection on a within a second, as before the outage.
+	eventually(t, 10*time.Second, "both instances subscribed again", func() string {
+		if got := r.Do(t, "PUBSUB", "NUMSUB", "test:TestFleetOutage:blocklist:changes"); !strings.HasSuffix(got, "\n2") {
+			return "PUBSUB NUMSUB: " + got
+		}
+		return ""
+	})
+	dave := dialLive(t, liveURL(f.a, "/ws", hs256(t, claims("dave"))))
+	dave.echo("dave on a")
+	f.admin.want("POST", "/ws_auth/blocklist", `{"kind":"sub","value":"dave"}`, http.StatusCreated)
+	if got := dave.closeWithin(time.Second); got != "close 1008 revoked" {
+		t.Errorf("dave on a, revoked through b after the outage: %s, want close 1008 revoked within a second", got)
+	}
 	f.child.WaitLog(t, "redis reachable again", 3*time.Second)
 	logs := f.child.Logs()
 	if n := strings.Count(logs, "redis unreachable"); n != 1 {
@@ -289,5 +313,61 @@ func TestFleetOutage(t *testing.T) {
 	}
 	if got := dialOutcome(t, f.a, "/ws", bob); got != "accepted" {
 		t.Errorf("bob on a after the outage: %s, want accepted", got)
+	}
+}
+
+// TestFleetRedisLosesData: when Redis comes back without its data (a
+// restart without persistence, a failover to an empty replica), the
+// instances write their lists back rather than lift every ban.
+func TestFleetRedisLosesData(t *testing.T) {
+	url, r := redisURL(t)
+	f := startFleet(t, url, "")
+	alice := hs256(t, claims("alice"))
+	f.admin.want("POST", "/ws_auth/blocklist", `{"kind":"sub","value":"alice","ttl":"1h"}`, http.StatusCreated)
+	eventually(t, time.Second, "alice on a", wantOutcome(t, f.a, alice, "close 1008 blocked"))
+	r.Do(t, "FLUSHALL")
+	// Past a sync of each instance (every 10 s), alice is still banned on
+	// both, and her entry is in Redis again.
+	eventually(t, 15*time.Second, "alice's entry written back to redis", func() string {
+		if got := r.Do(t, "HKEYS", "test:TestFleetRedisLosesData:blocklist"); got != "sub:alice" {
+			return "HKEYS: " + got
+		}
+		return ""
+	})
+	time.Sleep(11 * time.Second) // every instance has synced since
+	for _, addr := range []string{f.a, f.b} {
+		if got := dialOutcome(t, addr, "/ws", alice); got != "close 1008 blocked" {
+			t.Errorf("alice on %s after redis lost its data: %s, want close 1008 blocked", addr, got)
+		}
+	}
+}
+
+// TestFleetRedisRefuses: a Redis that refuses the store's scripts (an ACL
+// without EVALSHA) is not an outage: limits are counted locally, and the
+// refusal is logged once, not per handshake.
+func TestFleetRedisRefuses(t *testing.T) {
+	_, r := redisURL(t)
+	if got := r.Do(t, "ACL", "SETUSER", "noscripts", "on", ">pw", "~*", "&*", "+@all", "-evalsha", "-eval"); got != "OK" {
+		t.Fatalf("ACL SETUSER: %s", got)
+	}
+	f := startFleet(t, "redis://noscripts:pw@"+r.Addr, "rate_limit handshakes 2/1m per user")
+	alice := hs256(t, claims("alice"))
+	for i := range 2 {
+		if got := dialOutcome(t, f.b, "/ws", alice); got != "accepted" {
+			t.Fatalf("alice's handshake %d on b: %s, want accepted", i+1, got)
+		}
+	}
+	if got := dialOutcome(t, f.b, "/ws", alice); got != "close 1013 rate_limited" {
+		t.Errorf("alice's third handshake on b: %s, want close 1013 rate_limited (counted locally)", got)
+	}
+	logs := f.child.Logs()
+	if n := strings.Count(logs, "redis refused a command"); n != 1 {
+		t.Errorf("the refusal was logged %d times, want once:\n%s", n, logs)
+	}
+	if strings.Contains(logs, "redis unreachable") {
+		t.Errorf("a refused command was taken for an outage:\n%s", logs)
+	}
+	if strings.Contains(logs, ":pw@") {
+		t.Errorf("the log holds the password")
 	}
 }

@@ -221,14 +221,15 @@ var bans = &banSet{bans: make(map[banKey]time.Time)}
 func (bs *banSet) ban(kind, value string, now time.Time, d time.Duration, reason string) error {
 	bs.mu.Lock()
 	k := banKey{kind, value}
-	var drop []banKey
+	var expired []banKey
+	var evicted *banKey // the ban ending first, if none has expired
 	if _, ok := bs.bans[k]; !ok && len(bs.bans) >= maxBans {
 		for key, exp := range bs.bans {
 			if !now.Before(exp) {
-				drop = append(drop, key)
+				expired = append(expired, key)
 			}
 		}
-		if len(drop) == 0 {
+		if len(expired) == 0 {
 			var first banKey
 			var firstExp time.Time
 			for key, exp := range bs.bans {
@@ -236,16 +237,24 @@ func (bs *banSet) ban(kind, value string, now time.Time, d time.Duration, reason
 					first, firstExp = key, exp
 				}
 			}
-			drop = append(drop, first)
+			evicted = &first
+			delete(bs.bans, first)
 		}
-		for _, key := range drop {
+		for _, key := range expired {
 			delete(bs.bans, key)
 		}
 	}
 	bs.bans[k] = now.Add(d)
 	bs.mu.Unlock()
-	for _, key := range drop {
-		_, _, _, _ = unblockEntry(key.kind, key.value, now)
+	// An expired ban is ignored by every instance's list already, and the
+	// fleet's sync prunes it from Redis: it goes from this list alone,
+	// with no round trip each. A ban that is still in force goes from the
+	// fleet's.
+	for _, key := range expired {
+		_, _ = runtimeBlocklist.Remove(key.kind, key.value)
+	}
+	if evicted != nil {
+		_, _, _, _ = unblockEntry(evicted.kind, evicted.value, now)
 	}
 	_, err := blockEntry(Entry{Kind: kind, Value: value, Expires: now.Add(d), Reason: reason}, now)
 	return err

@@ -133,7 +133,7 @@ func (s *RedisStore) Provision(ctx caddy.Context) error {
 	if lease == 0 {
 		lease = defaultRedisLease
 	}
-	s.poolKey = rawURL + "\x00" + prefix + "\x00" + lease.String()
+	s.poolKey = rawURL + "\x00" + prefix
 	logger := ctx.Logger()
 	val, _, err := redisStores.LoadOrNew(s.poolKey, func() (caddy.Destructor, error) {
 		return newRedisShared(rawURL, opts, prefix, lease, logger)
@@ -142,6 +142,7 @@ func (s *RedisStore) Provision(ctx caddy.Context) error {
 		return err
 	}
 	s.shared = val.(*redisShared)
+	s.shared.lease.Store(int64(lease)) // the latest config's
 	return nil
 }
 
@@ -168,14 +169,14 @@ func (s *RedisStore) FailureCounter(name string, limit int, window time.Duration
 // Slots implements Store.
 func (s *RedisStore) Slots() ConnectionSlots { return s.shared.slots }
 
-// redisStores holds the process's connections to Redis, by URL, prefix
-// and lease, so that they outlive a config reload.
+// redisStores holds the process's connections to Redis, by URL and
+// prefix, so that they outlive a config reload.
 var redisStores = caddy.NewUsagePool()
 
 // redisOptions reads a store URL into go-redis's options: a Sentinel
 // failover client with master_name, a cluster client with addr parameters
-// or cluster=true, else one server. Timeouts that the URL does not set are
-// short, so that an outage costs a handshake at most redisCallTimeout.
+// or cluster=true, else one server. An outage costs a handshake at most
+// redisCallTimeout per call, whatever the URL sets.
 func redisOptions(raw string) (*redis.UniversalOptions, error) {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
@@ -232,11 +233,14 @@ func redisOptions(raw string) (*redis.UniversalOptions, error) {
 	if o.DialTimeout == 0 {
 		o.DialTimeout = time.Second
 	}
+	// Each call has a context of its own: redisCallTimeout for a
+	// decision, redisBulkTimeout for a sync; go-redis keeps the earlier of
+	// the context's deadline and these.
 	if o.ReadTimeout == 0 {
-		o.ReadTimeout = redisCallTimeout
+		o.ReadTimeout = redisBulkTimeout
 	}
 	if o.WriteTimeout == 0 {
-		o.WriteTimeout = redisCallTimeout
+		o.WriteTimeout = redisBulkTimeout
 	}
 	if o.MaxRetries == 0 {
 		o.MaxRetries = -1 // a handshake does not wait for retries; the ping notices the outage
@@ -266,10 +270,10 @@ func redactStoreURL(raw string) string {
 // connection: one a second while Redis is down) to Caddy's log at DEBUG, so
 // that an outage is told once, by the store. go-redis has one logger for
 // the process: this applies to every go-redis client in it.
-type goRedisLog struct{ l *zap.Logger }
+type goRedisLog struct{}
 
-func (g goRedisLog) Printf(_ context.Context, format string, v ...any) {
-	if ce := g.l.Check(zap.DebugLevel, "go-redis"); ce != nil {
+func (goRedisLog) Printf(_ context.Context, format string, v ...any) {
+	if ce := caddy.Log().Named("ws_auth.redis").Check(zap.DebugLevel, "go-redis"); ce != nil {
 		ce.Write(zap.String("line", fmt.Sprintf(format, v...)))
 	}
 }
@@ -283,24 +287,46 @@ var processID = func() string {
 	return hex.EncodeToString(b[:])
 }()
 
+const (
+	// maxPendingWrites bounds the list's writes kept during an outage; past it,
+	// the oldest are dropped (and said so once).
+	maxPendingWrites = 1 << 17
+	// writeBatch is how many of the list's writes go in one pipeline.
+	writeBatch = 1000
+	// redisBulkTimeout bounds a sync, a batch of writes and a renewal.
+	redisBulkTimeout = 10 * time.Second
+	// replyErrorEvery is how often a command refused by Redis (an ACL
+	// without EVALSHA, a key of the wrong type) is logged, at most.
+	replyErrorEvery = time.Minute
+)
+
 // redisShared is the process's connection to one Redis and key prefix:
 // the client, the subscription to the list's changes, the loop that
 // pings, syncs and renews, and the connection counts.
 type redisShared struct {
 	client redis.UniversalClient
 	prefix string
-	lease  time.Duration
+	lease  atomic.Int64 // ns; the latest config's
 	logger *zap.Logger
 	slots  *fleetSlots
 
-	up     atomic.Bool
-	downMu sync.Mutex // orders the outage's log lines
-	down   bool
+	up      atomic.Bool
+	closed  atomic.Bool // destructed: no more calls
+	downMu  sync.Mutex  // orders the outage's log lines
+	down    bool
+	lastErr atomic.Int64 // unix ns of the last reply error logged
 
-	// pending holds the list's writes that Redis has not taken yet, by
-	// entry, the latest one of each.
+	// pending holds the list's writes that Redis has not confirmed yet,
+	// by entry, the latest one of each: a sync never undoes them.
 	pendMu  sync.Mutex
-	pending map[entryKey]listWrite
+	pending map[entryKey]pendingWrite
+	pendSeq uint64
+	dropped bool // pending overflowed during this outage
+
+	// epoch is the value of <prefix>epoch when the list was last synced:
+	// if Redis loses its data, the key goes with it, and the instance
+	// writes its list back rather than take the loss for removals.
+	epoch string
 
 	sub    *redis.PubSub
 	cancel context.CancelFunc
@@ -313,27 +339,37 @@ type listWrite struct {
 	remove bool
 }
 
+type pendingWrite struct {
+	listWrite
+	seq uint64
+}
+
 func newRedisShared(rawURL string, opts *redis.UniversalOptions, prefix string, lease time.Duration, logger *zap.Logger) (*redisShared, error) {
 	s := &redisShared{
 		client:  redis.NewUniversalClient(opts),
 		prefix:  prefix,
-		lease:   lease,
 		logger:  logger.With(zap.String("redis", redactStoreURL(rawURL)), zap.String("key_prefix", prefix)),
-		pending: make(map[entryKey]listWrite),
+		pending: make(map[entryKey]pendingWrite),
 		done:    make(chan struct{}),
 	}
+	s.lease.Store(int64(lease))
 	s.slots = &fleetSlots{s: s, users: make(map[uint64]*fleetUser)}
-	quietGoRedis.Do(func() { redis.SetLogger(goRedisLog{caddy.Log().Named("ws_auth.redis")}) })
+	quietGoRedis.Do(func() { redis.SetLogger(goRedisLog{}) })
 	s.up.Store(true)
 
-	// Entries already on the run-time list (a reload that adds the store)
-	// are shared: they wait as writes until the first sync.
-	for _, e := range runtimeBlocklist.entries(now()) {
-		s.pending[entryKey{e.Kind, e.Value}] = listWrite{entry: e}
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	s.sub = s.client.Subscribe(ctx, s.channel())
+
+	// Entries already on the run-time list (a reload that adds the store)
+	// are shared: they wait as writes until the first sync. From here on,
+	// the list's changes are shared through s.
+	fleetMu.Lock()
+	for _, e := range runtimeBlocklist.entries(now()) {
+		s.keep(listWrite{entry: e})
+	}
+	fleet.add(s)
+	fleetMu.Unlock()
 
 	// The first sync is made before the config is served, so that an
 	// instance that starts knows the fleet's bans; an outage leaves it
@@ -347,24 +383,36 @@ func newRedisShared(rawURL string, opts *redis.UniversalOptions, prefix string, 
 	if err != nil {
 		s.markDown(err)
 	}
-	fleet.add(s)
 	go s.listen()
 	go s.run(ctx)
 	return s, nil
 }
 
 // Destruct stops the store's loops and closes its client, when the last
-// config using it is unloaded.
+// config using it is unloaded. Connections that outlive it give their
+// slots back locally; their counts in Redis end with the lease.
 func (s *redisShared) Destruct() error {
+	s.closed.Store(true)
+	fleetMu.Lock()
 	fleet.remove(s)
+	fleetMu.Unlock()
 	s.cancel()
 	<-s.done
 	_ = s.sub.Close() // ends listen
 	return s.client.Close()
 }
 
-func (s *redisShared) channel() string { return s.prefix + "blocklist:changes" }
-func (s *redisShared) listKey() string { return s.prefix + "blocklist" }
+func (s *redisShared) channel() string  { return s.prefix + "blocklist:changes" }
+func (s *redisShared) listKey() string  { return s.prefix + "blocklist" }
+func (s *redisShared) epochKey() string { return s.prefix + "epoch" }
+
+// leaseTime is the lease of connection counts.
+func (s *redisShared) leaseTime() time.Duration { return time.Duration(s.lease.Load()) }
+
+// usable reports whether a decision may call Redis now.
+func (s *redisShared) usable() bool { return s.up.Load() && !s.closed.Load() }
+
+// hashKey is a short key of the parts, the same in every instance.
 func hashKey(parts ...string) string {
 	var d xxhash.Digest
 	d.Reset()
@@ -382,11 +430,26 @@ func callCtx() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), redisCallTimeout)
 }
 
-// failed reports whether err means that Redis could not answer (and marks
-// the store unreachable if so); redis.Nil and script answers are answers.
+// failed reports whether err means that the call has no answer to use, so
+// that the caller counts locally instead. Redis that cannot be reached
+// turns the store unreachable until a ping answers; a command that Redis
+// refused (an ACL without EVALSHA, a key of another type) is logged at
+// most once a minute and leaves the store as it is.
 func (s *redisShared) failed(err error) bool {
 	if err == nil || errors.Is(err, redis.Nil) {
 		return false
+	}
+	if s.closed.Load() {
+		return true
+	}
+	var reply redis.Error
+	if errors.As(err, &reply) && !errors.Is(err, context.DeadlineExceeded) {
+		t := time.Now().UnixNano()
+		last := s.lastErr.Load()
+		if t-last >= int64(replyErrorEvery) && s.lastErr.CompareAndSwap(last, t) {
+			s.logger.Error("redis refused a command: counting in this instance for it", zap.Error(err))
+		}
+		return true
 	}
 	s.markDown(err)
 	return true
@@ -395,6 +458,9 @@ func (s *redisShared) failed(err error) bool {
 // markDown turns the store unreachable: decisions count locally, and the
 // list's writes wait. It is logged once per outage.
 func (s *redisShared) markDown(err error) {
+	if s.closed.Load() {
+		return
+	}
 	s.downMu.Lock()
 	defer s.downMu.Unlock()
 	s.up.Store(false)
@@ -406,8 +472,7 @@ func (s *redisShared) markDown(err error) {
 		zap.Error(err))
 }
 
-// markUp turns the store reachable again, once what waited has reached
-// Redis and the list has been synced.
+// markUp turns the store reachable again.
 func (s *redisShared) markUp() {
 	s.downMu.Lock()
 	defer s.downMu.Unlock()
@@ -419,30 +484,35 @@ func (s *redisShared) markUp() {
 	s.logger.Info("redis reachable again: sharing blocklist, limits and connection counts")
 }
 
-// listen applies the list's changes that other instances publish.
+// listen applies the list's changes that other instances publish, when s
+// is the store the list is shared through.
 func (s *redisShared) listen() {
 	for msg := range s.sub.Channel() {
 		var m listMessage
 		if err := json.Unmarshal([]byte(msg.Payload), &m); err != nil || m.From == processID {
 			continue
 		}
-		e := Entry{Kind: m.Kind, Value: m.Value, Reason: m.Reason}
+		e := Entry{Kind: m.Kind, Value: m.Value, Reason: truncate(m.Reason, maxReason)}
 		if m.Expires != 0 {
 			e.Expires = time.UnixMilli(m.Expires)
 		}
 		fleetMu.Lock()
-		if m.Remove {
-			_, _, _, _ = runtimeBlocklist.take(e.Kind, e.Value, now())
-		} else {
-			_, _ = runtimeBlocklist.put(e, now())
+		if fleet.active() == s {
+			t := now()
+			if m.Remove {
+				_, _, _, _ = runtimeBlocklist.take(e.Kind, e.Value, t)
+			} else if _, err := runtimeBlocklist.put(e, t); err != nil {
+				s.logger.Debug("skipping a published blocklist entry", zap.Error(err))
+			}
+			fleet.touch(entryKey{e.Kind, e.Value})
 		}
 		fleetMu.Unlock()
 	}
 }
 
-// run pings Redis every second, syncs the list every redisSyncEvery and
-// renews the connection counts every third of the lease, until the store
-// is destroyed.
+// run pings Redis every second, writes what waits, syncs the list every
+// redisSyncEvery and renews the connection counts every third of the
+// lease, until the store is destroyed.
 func (s *redisShared) run(ctx context.Context) {
 	defer close(s.done)
 	tick := time.NewTicker(redisPingEvery)
@@ -458,27 +528,37 @@ func (s *redisShared) run(ctx context.Context) {
 		err := s.client.Ping(c).Err()
 		cancel()
 		if err != nil {
-			s.markDown(err)
+			if ctx.Err() == nil {
+				s.markDown(err)
+			}
 			continue
 		}
 		wasDown := !s.up.Load()
-		if wasDown || time.Since(lastRenew) >= s.lease/3 {
-			c, cancel := context.WithTimeout(ctx, 5*time.Second)
-			err = s.slots.renew(c)
+		if wasDown || time.Since(lastRenew) >= s.leaseTime()/3 {
+			c, cancel := context.WithTimeout(ctx, redisBulkTimeout)
+			err = s.slots.renew(c, wasDown)
 			cancel()
-			if s.failed(err) {
+			if ctx.Err() != nil || s.failed(err) {
 				continue
 			}
 			lastRenew = time.Now()
 		}
 		if wasDown || time.Since(lastSync) >= redisSyncEvery {
-			c, cancel := context.WithTimeout(ctx, 5*time.Second)
+			c, cancel := context.WithTimeout(ctx, redisBulkTimeout)
 			err = s.sync(c)
 			cancel()
-			if s.failed(err) {
+			if ctx.Err() != nil || s.failed(err) {
 				continue
 			}
 			lastSync = time.Now()
+		} else if s.pendingCount() > 0 {
+			// Written while the last sync ran, or refused once.
+			c, cancel := context.WithTimeout(ctx, redisBulkTimeout)
+			err = s.flush(c)
+			cancel()
+			if ctx.Err() != nil || s.failed(err) {
+				continue
+			}
 		}
 		if wasDown {
 			s.markUp()
@@ -503,25 +583,105 @@ type listRecord struct {
 	Reason  string `json:"reason,omitempty"`
 }
 
-// share writes a change of the run-time list to Redis and publishes it,
-// or keeps it for when Redis is back. fleetMu is held.
-func (s *redisShared) share(w listWrite) {
-	if s.up.Load() {
-		ctx, cancel := callCtx()
-		err := s.write(ctx, []listWrite{w})
-		cancel()
-		if !s.failed(err) {
-			return
+// maxReason bounds a reason read from Redis.
+const maxReason = 1000
+
+// keep records w as a write Redis has not confirmed. fleetMu is held.
+func (s *redisShared) keep(w listWrite) {
+	s.pendMu.Lock()
+	defer s.pendMu.Unlock()
+	k := entryKey{w.entry.Kind, w.entry.Value}
+	if _, ok := s.pending[k]; !ok && len(s.pending) >= maxPendingWrites {
+		// The oldest write goes: under a flood of bans during an outage,
+		// the newest matter most.
+		var oldest entryKey
+		first := true
+		var min uint64
+		for key, p := range s.pending {
+			if first || p.seq < min {
+				oldest, min, first = key, p.seq, false
+			}
+		}
+		delete(s.pending, oldest)
+		if !s.dropped {
+			s.dropped = true
+			s.logger.Warn("too many blocklist changes waiting for redis: dropping the oldest", zap.Int("kept", maxPendingWrites))
 		}
 	}
+	s.pendSeq++
+	s.pending[k] = pendingWrite{listWrite: w, seq: s.pendSeq}
+}
+
+// confirm forgets the pending writes that Redis has taken, unless they
+// were replaced meanwhile.
+func (s *redisShared) confirm(ws []pendingWrite) {
 	s.pendMu.Lock()
-	s.pending[entryKey{w.entry.Kind, w.entry.Value}] = w
+	defer s.pendMu.Unlock()
+	for _, w := range ws {
+		k := entryKey{w.entry.Kind, w.entry.Value}
+		if p, ok := s.pending[k]; ok && p.seq == w.seq {
+			delete(s.pending, k)
+		}
+	}
+	if len(s.pending) == 0 {
+		s.dropped = false
+	}
+}
+
+func (s *redisShared) pendingCount() int {
+	s.pendMu.Lock()
+	defer s.pendMu.Unlock()
+	return len(s.pending)
+}
+
+func (s *redisShared) isPending(k entryKey) bool {
+	s.pendMu.Lock()
+	defer s.pendMu.Unlock()
+	_, ok := s.pending[k]
+	return ok
+}
+
+// share writes w to Redis now if it can, else leaves it pending for the
+// run loop. It is called without fleetMu, after keep.
+func (s *redisShared) share(w pendingWrite) {
+	if !s.usable() {
+		return
+	}
+	ctx, cancel := callCtx()
+	err := s.write(ctx, []pendingWrite{w})
+	cancel()
+	if !s.failed(err) {
+		s.confirm([]pendingWrite{w})
+	}
+}
+
+// flush writes every pending change, in batches, expired entries aside.
+func (s *redisShared) flush(ctx context.Context) error {
+	s.pendMu.Lock()
+	ws := make([]pendingWrite, 0, len(s.pending))
+	t := now()
+	for k, w := range s.pending {
+		if !w.remove && !live(w.entry.Expires, t) {
+			delete(s.pending, k) // it would be pruned at once
+			continue
+		}
+		ws = append(ws, w)
+	}
 	s.pendMu.Unlock()
+	for len(ws) > 0 {
+		n := min(len(ws), writeBatch)
+		if err := s.write(ctx, ws[:n]); err != nil {
+			return err
+		}
+		s.confirm(ws[:n])
+		ws = ws[n:]
+	}
+	return nil
 }
 
 // write sends changes of the list to Redis, each with its message, in one
 // round trip.
-func (s *redisShared) write(ctx context.Context, ws []listWrite) error {
+func (s *redisShared) write(ctx context.Context, ws []pendingWrite) error {
 	_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, w := range ws {
 			e := w.entry
@@ -544,47 +704,44 @@ func (s *redisShared) write(ctx context.Context, ws []listWrite) error {
 	return err
 }
 
-// sync sends the writes that waited, then makes the local list hold what
-// Redis holds: entries that another instance added while a message was
-// lost are put, entries it removed are taken off, and entries that have
-// expired are removed from Redis too.
+// sync writes what waits, then makes the local list hold what Redis
+// holds: entries another instance added while a message was lost are put,
+// entries it removed are taken off, and entries that have expired are
+// removed from Redis. Redis is read without holding fleetMu; a change
+// made meanwhile (touched since) or not yet confirmed (pending) is left
+// as it is. If Redis lost its data (the epoch key is gone or new), the
+// local list is written back instead of taken for removals.
 func (s *redisShared) sync(ctx context.Context) error {
 	fleetMu.Lock()
-	defer fleetMu.Unlock()
-	s.pendMu.Lock()
-	ws := make([]listWrite, 0, len(s.pending))
-	for _, w := range s.pending {
-		ws = append(ws, w)
+	start := fleet.seq
+	fleetMu.Unlock()
+	if err := s.flush(ctx); err != nil {
+		return err
 	}
-	s.pendMu.Unlock()
-	if len(ws) > 0 {
-		if err := s.write(ctx, ws); err != nil {
-			return err
-		}
-		s.pendMu.Lock()
-		for _, w := range ws {
-			k := entryKey{w.entry.Kind, w.entry.Value}
-			if s.pending[k] == w {
-				delete(s.pending, k)
-			}
-		}
-		s.pendMu.Unlock()
+	if err := s.client.SetNX(ctx, s.epochKey(), processID+"-"+strconv.FormatInt(time.Now().UnixNano(), 36), 0).Err(); err != nil {
+		return err
 	}
-	all, err := s.client.HGetAll(ctx, s.listKey()).Result()
-	if err != nil {
+	var epoch *redis.StringCmd
+	var all *redis.MapStringStringCmd
+	if _, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+		epoch = p.Get(ctx, s.epochKey())
+		all = p.HGetAll(ctx, s.listKey())
+		return nil
+	}); err != nil {
 		return err
 	}
 	t := now()
-	remote := make(map[entryKey]Entry, len(all))
+	remote := make(map[entryKey]Entry, len(all.Val()))
 	var expired []string
-	for field, raw := range all {
+	foreign := 0
+	for field, raw := range all.Val() {
 		kind, value, ok := strings.Cut(field, ":")
 		var rec listRecord
 		if !ok || json.Unmarshal([]byte(raw), &rec) != nil {
-			s.logger.Warn("skipping a blocklist entry in redis that ws_auth did not write", zap.String("field", truncate(field, 200)))
+			foreign++
 			continue
 		}
-		e := Entry{Kind: kind, Value: value, Reason: rec.Reason}
+		e := Entry{Kind: kind, Value: value, Reason: truncate(rec.Reason, maxReason)}
 		if rec.Expires != 0 {
 			e.Expires = time.UnixMilli(rec.Expires)
 			if !live(e.Expires, t) {
@@ -594,53 +751,77 @@ func (s *redisShared) sync(ctx context.Context) error {
 		}
 		remote[entryKey{kind, value}] = e
 	}
-	if len(expired) > 0 {
-		if err := s.client.HDel(ctx, s.listKey(), expired...).Err(); err != nil {
+	if foreign > 0 {
+		s.logger.Warn("skipping blocklist fields in redis that ws_auth did not write", zap.Int("fields", foreign))
+	}
+	for len(expired) > 0 {
+		n := min(len(expired), writeBatch)
+		if err := s.client.HDel(ctx, s.listKey(), expired[:n]...).Err(); err != nil {
 			return err
 		}
+		expired = expired[n:]
 	}
+
+	fleetMu.Lock()
+	defer fleetMu.Unlock()
+	if fleet.active() != s {
+		return nil // another store shares the list
+	}
+	lost := s.epoch != "" && epoch.Val() != s.epoch
+	s.epoch = epoch.Val()
+	if lost {
+		s.logger.Warn("redis lost the blocklist (its epoch key changed): writing this instance's entries back")
+	}
+	changed := func(k entryKey) bool { return fleet.touched[k] > start || s.isPending(k) }
 	for _, e := range runtimeBlocklist.entries(t) {
 		k := entryKey{e.Kind, e.Value}
 		r, ok := remote[k]
-		if !ok {
+		switch {
+		case changed(k):
+			delete(remote, k)
+		case !ok && lost:
+			s.keep(listWrite{entry: e})
+		case !ok:
 			_, _, _, _ = runtimeBlocklist.take(e.Kind, e.Value, t)
-			continue
-		}
-		if r.Expires.Equal(e.Expires) && r.Reason == e.Reason {
+		case r.Expires.Equal(e.Expires) && r.Reason == e.Reason:
 			delete(remote, k)
 		}
 	}
-	for _, e := range remote {
-		if _, err := runtimeBlocklist.put(e, t); err != nil {
-			s.logger.Warn("skipping a blocklist entry in redis", zap.String("kind", e.Kind),
-				zap.String("value", truncate(e.Value, 200)), zap.Error(err))
+	for k, e := range remote {
+		if changed(k) {
+			continue
 		}
+		if _, err := runtimeBlocklist.put(e, t); err != nil {
+			s.logger.Debug("skipping a blocklist entry in redis", zap.String("kind", e.Kind), zap.Error(err))
+		}
+	}
+	fleet.forget(start)
+	if lost {
+		s.slots.setDirty()
 	}
 	return nil
 }
 
-// fleetMu orders the run-time list's changes that are shared: a local
-// change and its write to Redis, a change another instance published, and
-// a sync, so that a sync never undoes a change made while it read.
+// fleetMu orders the run-time list's changes that are shared (a local
+// change, a change another instance published) with a sync's reconcile,
+// so that a sync never undoes a change made while it read.
 var fleetMu sync.Mutex
 
-// fleet is the set of stores the run-time list's changes are shared with.
-var fleet fleetSet
+// fleet is the stores of the process, the list's changes since the last
+// syncs, and which store the list is shared through: the newest, so that
+// a reload that changes the Redis URL or prefix moves the list to it.
+// Every field is guarded by fleetMu.
+var fleet = fleetSet{touched: make(map[entryKey]uint64)}
 
 type fleetSet struct {
-	mu     sync.Mutex
-	stores []*redisShared
+	stores  []*redisShared
+	seq     uint64
+	touched map[entryKey]uint64 // entry -> seq of its last change
 }
 
-func (f *fleetSet) add(s *redisShared) {
-	f.mu.Lock()
-	f.stores = append(f.stores, s)
-	f.mu.Unlock()
-}
+func (f *fleetSet) add(s *redisShared) { f.stores = append(f.stores, s) }
 
 func (f *fleetSet) remove(s *redisShared) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	for i, x := range f.stores {
 		if x == s {
 			f.stores = append(f.stores[:i], f.stores[i+1:]...)
@@ -649,12 +830,26 @@ func (f *fleetSet) remove(s *redisShared) {
 	}
 }
 
-func (f *fleetSet) share(w listWrite) {
-	f.mu.Lock()
-	stores := append([]*redisShared(nil), f.stores...)
-	f.mu.Unlock()
-	for _, s := range stores {
-		s.share(w)
+// active is the store the list is shared through, nil if none.
+func (f *fleetSet) active() *redisShared {
+	if len(f.stores) == 0 {
+		return nil
+	}
+	return f.stores[len(f.stores)-1]
+}
+
+// touch records a change of k.
+func (f *fleetSet) touch(k entryKey) {
+	f.seq++
+	f.touched[k] = f.seq
+}
+
+// forget drops the changes a sync that started at seq has seen.
+func (f *fleetSet) forget(seq uint64) {
+	for k, s := range f.touched {
+		if s <= seq {
+			delete(f.touched, k)
+		}
 	}
 }
 
@@ -663,13 +858,17 @@ func (f *fleetSet) share(w listWrite) {
 // matches, here and on the other instances, are closed.
 func blockEntry(e Entry, t time.Time) (replaced bool, err error) {
 	fleetMu.Lock()
-	defer fleetMu.Unlock()
 	replaced, err = runtimeBlocklist.put(e, t)
 	if err != nil {
+		fleetMu.Unlock()
 		return false, err
 	}
 	e.Value, _ = entryValue(e.Kind, e.Value)
-	fleet.share(listWrite{entry: e})
+	s, w := fleet.changed(listWrite{entry: e})
+	fleetMu.Unlock()
+	if s != nil {
+		s.share(w)
+	}
 	return replaced, nil
 }
 
@@ -678,23 +877,47 @@ func blockEntry(e Entry, t time.Time) (replaced bool, err error) {
 // whether it was in force at t.
 func unblockEntry(kind, value string, t time.Time) (e Entry, found, inForce bool, err error) {
 	fleetMu.Lock()
-	defer fleetMu.Unlock()
 	e, found, inForce, err = runtimeBlocklist.take(kind, value, t)
-	if err == nil {
-		fleet.share(listWrite{entry: Entry{Kind: e.Kind, Value: e.Value}, remove: true})
+	if err != nil {
+		fleetMu.Unlock()
+		return e, found, inForce, err
 	}
-	return e, found, inForce, err
+	s, w := fleet.changed(listWrite{entry: Entry{Kind: e.Kind, Value: e.Value}, remove: true})
+	fleetMu.Unlock()
+	if s != nil {
+		s.share(w)
+	}
+	return e, found, inForce, nil
 }
 
-// The scripts: each is one round trip (EVALSHA), atomic in Redis.
+// changed records a local change of the list, pending on the active store
+// until Redis confirms it; it returns the store and the write to share.
+// fleetMu is held.
+func (f *fleetSet) changed(w listWrite) (*redisShared, pendingWrite) {
+	s := f.active()
+	if s == nil {
+		return nil, pendingWrite{}
+	}
+	f.touch(entryKey{w.entry.Kind, w.entry.Value})
+	s.keep(w)
+	s.pendMu.Lock()
+	p := s.pending[entryKey{w.entry.Kind, w.entry.Value}]
+	s.pendMu.Unlock()
+	return s, p
+}
+
+// The scripts: each is one round trip (EVALSHA) on one key, atomic in
+// Redis, on Redis's clock (TIME), so that instances whose clocks differ
+// still count alike.
 var (
 	// gcraScript is the GCRA of rateLimiter over Redis: KEYS[1] holds the
-	// key's theoretical arrival time; ARGV: now, interval and window, in
+	// key's theoretical arrival time in µs; ARGV: interval and window, in
 	// µs. It returns 0 if the event is allowed, else the µs to wait.
 	gcraScript = redis.NewScript(`
-local now = tonumber(ARGV[1])
-local interval = tonumber(ARGV[2])
-local window = tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
 if tat < now then tat = now end
 local nxt = tat + interval
@@ -718,12 +941,14 @@ return 0
 
 	// takeScript takes a connection slot of a user: KEYS[1] is the user's
 	// hash, one field per instance with its count, and "<instance>@" with
-	// the instance's lease deadline. Counts whose lease has passed are
-	// dropped. ARGV: instance, max, now and deadline (ms), key ttl (ms).
-	// It returns 1 if a slot was taken.
+	// the instance's lease deadline (ms). Counts whose lease has passed are
+	// dropped. ARGV: instance, max, lease (ms). It returns 1 if a slot was
+	// taken.
 	takeScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[3])
 local h = redis.call('HGETALL', KEYS[1])
-local now = tonumber(ARGV[3])
 local deadline = {}
 for i = 1, #h, 2 do
   if string.sub(h[i], -1) == '@' then deadline[string.sub(h[i], 1, -2)] = tonumber(h[i + 1]) end
@@ -742,8 +967,8 @@ for i = 1, #h, 2 do
 end
 if total >= tonumber(ARGV[2]) then return 0 end
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-redis.call('HSET', KEYS[1], ARGV[1] .. '@', ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
+redis.call('HSET', KEYS[1], ARGV[1] .. '@', string.format('%d', now + lease))
+redis.call('PEXPIRE', KEYS[1], 2 * lease)
 return 1
 `)
 
@@ -752,6 +977,24 @@ return 1
 local n = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
 if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1], ARGV[1] .. '@') end
 return n
+`)
+
+	// renewScript moves the lease of the instance's count (ARGV[1]) to
+	// now + ARGV[2] ms; with ARGV[3] >= 0 it also sets the count, and with
+	// 0 removes it.
+	renewScript = redis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+if n == 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1], ARGV[1] .. '@')
+  return 0
+end
+if n > 0 then redis.call('HSET', KEYS[1], ARGV[1], n) end
+redis.call('HSET', KEYS[1], ARGV[1] .. '@', string.format('%d', now + lease))
+redis.call('PEXPIRE', KEYS[1], 2 * lease)
+return 1
 `)
 )
 
@@ -767,10 +1010,10 @@ type redisLimiter struct {
 
 // Allow implements Limiter.
 func (l *redisLimiter) Allow(key string, t time.Time) (bool, time.Duration) {
-	if l.s.up.Load() {
+	if l.s.usable() {
 		ctx, cancel := callCtx()
 		wait, err := gcraScript.Run(ctx, l.s.client, []string{l.s.prefix + "rate:" + l.name + ":" + hashKey(key)},
-			t.UnixMicro(), l.interval.Microseconds(), l.window.Microseconds()).Int64()
+			l.interval.Microseconds(), l.window.Microseconds()).Int64()
 		cancel()
 		if !l.s.failed(err) {
 			return wait == 0, time.Duration(wait) * time.Microsecond
@@ -791,7 +1034,7 @@ type redisFailures struct {
 
 // Add implements FailureCounter.
 func (f *redisFailures) Add(key string, t time.Time) bool {
-	if f.s.up.Load() {
+	if f.s.usable() {
 		ctx, cancel := callCtx()
 		hit, err := failScript.Run(ctx, f.s.client, []string{f.s.prefix + "fail:" + f.name + ":" + hashKey(key)},
 			f.limit, f.window.Milliseconds()).Int64()
@@ -834,15 +1077,15 @@ func (fs *fleetSlots) user(iss, user string) (uint64, string) {
 // Take implements ConnectionSlots.
 func (fs *fleetSlots) Take(iss, user string, max int) bool {
 	id, key := fs.user(iss, user)
-	if fs.s.up.Load() {
+	if fs.s.usable() {
 		ctx, cancel := callCtx()
-		t := now()
-		ok, err := takeScript.Run(ctx, fs.s.client, []string{key}, processID, max,
-			t.UnixMilli(), t.Add(fs.s.lease).UnixMilli(), (2 * fs.s.lease).Milliseconds()).Int64()
+		ok, err := takeScript.Run(ctx, fs.s.client, []string{key}, processID, max, fs.s.leaseTime().Milliseconds()).Int64()
 		cancel()
 		if !fs.s.failed(err) {
 			if ok == 1 {
-				fs.add(id, key, false)
+				fs.mu.Lock()
+				fs.addLocked(id, key, false)
+				fs.mu.Unlock()
 			}
 			return ok == 1
 		}
@@ -854,12 +1097,6 @@ func (fs *fleetSlots) Take(iss, user string, max int) bool {
 	}
 	fs.addLocked(id, key, true)
 	return true
-}
-
-func (fs *fleetSlots) add(id uint64, key string, dirty bool) {
-	fs.mu.Lock()
-	fs.addLocked(id, key, dirty)
-	fs.mu.Unlock()
 }
 
 func (fs *fleetSlots) addLocked(id uint64, key string, dirty bool) {
@@ -886,7 +1123,7 @@ func (fs *fleetSlots) Give(iss, user string) {
 		delete(fs.users, id)
 	}
 	fs.mu.Unlock()
-	if fs.s.up.Load() {
+	if fs.s.usable() {
 		ctx, cancel := callCtx()
 		err := giveScript.Run(ctx, fs.s.client, []string{key}, processID).Err()
 		cancel()
@@ -914,44 +1151,52 @@ func (fs *fleetSlots) count(iss, user string) int {
 	return 0
 }
 
-// renew writes this instance's counts with a new lease deadline, in one
-// pipeline: so a count Redis missed (an outage, a restart that lost its
-// data) is right again within a third of the lease.
-func (fs *fleetSlots) renew(ctx context.Context) error {
+// setDirty marks every count as one Redis may have lost.
+func (fs *fleetSlots) setDirty() {
+	fs.mu.Lock()
+	for _, u := range fs.users {
+		u.dirty = true
+	}
+	fs.mu.Unlock()
+}
+
+// renew moves the lease of this instance's counts, in pipelines of
+// writeBatch; the counts themselves are written where Redis may have
+// missed a change (dirty), or all of them with all (after an outage). The
+// take and give scripts keep the others exact.
+func (fs *fleetSlots) renew(ctx context.Context, all bool) error {
 	type write struct {
 		id  uint64
 		key string
-		n   int
+		n   int // -1: the lease only
 	}
 	fs.mu.Lock()
 	ws := make([]write, 0, len(fs.users))
 	for id, u := range fs.users {
-		ws = append(ws, write{id: id, key: u.key, n: u.n})
+		w := write{id: id, key: u.key, n: -1}
+		if all || u.dirty {
+			w.n = max(u.n, 0)
+		}
+		ws = append(ws, w)
 	}
 	fs.mu.Unlock()
-	if len(ws) == 0 {
-		return nil
-	}
-	t := now()
-	deadline := t.Add(fs.s.lease).UnixMilli()
-	ttl := 2 * fs.s.lease
-	_, err := fs.s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, w := range ws {
-			if w.n <= 0 {
-				p.HDel(ctx, w.key, processID, processID+"@")
-				continue
+	lease := fs.s.leaseTime().Milliseconds()
+	for batch := ws; len(batch) > 0; {
+		n := min(len(batch), writeBatch)
+		_, err := fs.s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, w := range batch[:n] {
+				renewScript.Eval(ctx, p, []string{w.key}, processID, lease, w.n) // EVALSHA cannot fall back to EVAL in a pipeline
 			}
-			p.HSet(ctx, w.key, processID, w.n, processID+"@", deadline)
-			p.PExpire(ctx, w.key, ttl)
+			return nil
+		})
+		if err != nil {
+			return err
 		}
-		return nil
-	})
-	if err != nil {
-		return err
+		batch = batch[n:]
 	}
 	fs.mu.Lock()
 	for _, w := range ws {
-		if u := fs.users[w.id]; u != nil && u.n == w.n {
+		if u := fs.users[w.id]; u != nil && w.n >= 0 && u.n == w.n {
 			u.dirty = false
 			if u.n <= 0 {
 				delete(fs.users, w.id)
