@@ -494,6 +494,102 @@ func TestLiveRefreshInvalid(t *testing.T) {
 	}
 }
 
+// TestLiveRefreshCountsAsMessage: a refresh message is a client message
+// for rate_limit messages. Over the rate it gets the limit's action, and
+// its token is not checked: with notify the client gets the notice, not
+// refresh_token_ok, and the connection still expires at the old exp.
+// Within the rate it uses up a message: with close, the message after it
+// is the one over the rate.
+func TestLiveRefreshCountsAsMessage(t *testing.T) {
+	t.Run("over the rate", func(t *testing.T) {
+		up := newLiveUpstream(t)
+		addr := startCaddy(t, site("refresh_message\n\t\trate_limit messages 3/1m per connection notify"), up.addr())
+		tok, _ := shortToken(t, "alice", 3*time.Second)
+		c := dialLive(t, liveURL(addr, "/ws", tok))
+		first3 := []string{"m1", "m2", "m3"}
+		for _, m := range first3 {
+			c.echo(m)
+		}
+		c.refresh(hs256(t, claims("alice")))
+		ev := c.next(5 * time.Second)
+		if ev.err != nil {
+			t.Fatalf("a refresh over the rate: %s, want the rate_limited notice", ev)
+		}
+		checkRateNotice(t, ev.data)
+		if got := c.closeWithin(5 * time.Second); got != "close 4001 expired" {
+			t.Errorf("after a refresh over the rate: %s, want close 4001 expired at the old exp", got)
+		}
+		up.ended(t)
+		if got := up.messages(); !slices.Equal(got, first3) {
+			t.Errorf("upstream received %q, want %q (never the refresh message)", got, first3)
+		}
+		waitLiveCount(t, 0)
+	})
+	t.Run("within the rate", func(t *testing.T) {
+		up := newLiveUpstream(t)
+		addr := startCaddy(t, site("refresh_message\n\t\trate_limit messages 2/1m per connection close"), up.addr())
+		c := dialLive(t, liveURL(addr, "/ws", hs256(t, claims("alice"))))
+		newClaims := claims("alice")
+		c.refresh(hs256(t, newClaims))
+		c.expectRefreshOK(newClaims["exp"].(int64))
+		c.echo("m1")
+		c.trySend("m2")
+		if ev := c.next(5 * time.Second); ev.String() != "close 1008 rate_limited" {
+			t.Errorf("a refresh and two messages with a rate of 2: %s, want close 1008 rate_limited", ev)
+		}
+		up.ended(t)
+		if got := up.messages(); !slices.Equal(got, []string{"m1"}) {
+			t.Errorf("upstream received %q, want only m1", got)
+		}
+		waitLiveCount(t, 0)
+	})
+}
+
+// TestLiveRefreshFloor: whatever rate_limit messages says, a connection
+// refreshes at most once a second: of refresh messages sent back to back,
+// the first is answered, and one too soon after the one before closes the
+// connection with 1008 rate_limited. (Were the sends a second apart
+// somewhere, a second answer would come first; the test allows it.)
+func TestLiveRefreshFloor(t *testing.T) {
+	for name, opts := range map[string]string{
+		"alone":                       "refresh_message",
+		"with a message rate, notify": "refresh_message\n\t\trate_limit messages 1000/1m per connection notify",
+	} {
+		t.Run(name, func(t *testing.T) {
+			up := newLiveUpstream(t)
+			addr := startCaddy(t, site(opts), up.addr())
+			c := dialLive(t, liveURL(addr, "/ws", hs256(t, claims("alice"))))
+			c.echo("before")
+			newClaims := claims("alice")
+			tok := hs256(t, newClaims)
+			const sent = 5
+			for range sent {
+				c.trySend(`{"type":"refresh_token","token":"` + tok + `"}`)
+			}
+			c.expectRefreshOK(newClaims["exp"].(int64))
+			answered := 1
+			ev := c.next(5 * time.Second)
+			for ; ev.err == nil; ev = c.next(5 * time.Second) {
+				if !strings.Contains(ev.data, `"refresh_token_ok"`) {
+					t.Fatalf("after %d answers to refresh messages, got %s; want refresh_token_ok or a close", answered, ev)
+				}
+				if answered++; answered == sent {
+					t.Fatalf("all %d refresh messages sent back to back were answered; want a close 1008 rate_limited", sent)
+				}
+			}
+			if got := ev.String(); got != "close 1008 rate_limited" {
+				t.Errorf("%d refresh messages back to back: %d answered, then %s; want close 1008 rate_limited", sent, answered, got)
+			}
+			c.ended()
+			up.ended(t)
+			if got := up.messages(); !slices.Equal(got, []string{"before"}) {
+				t.Errorf("upstream received %q, want only the message before the refreshes", got)
+			}
+			waitLiveCount(t, 0)
+		})
+	}
+}
+
 // TestLiveRefreshNoDeflate: with refresh_message on, permessage-deflate is
 // not offered upstream, so the client's messages stay readable; without
 // it, the client's offer goes through (the control that the client offers).
