@@ -21,6 +21,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/gorilla/websocket"
@@ -200,8 +201,8 @@ func TestLiveRegistry(t *testing.T) {
 	if want := "jti-alice 127.0.0.1 /ws/a query " + exp.UTC().Format(time.RFC3339); got != want {
 		t.Errorf("registry entry: %q, want %q", got, want)
 	}
-	if found.id == 0 || found.since.IsZero() || time.Since(found.since) > time.Minute {
-		t.Errorf("registry entry: id %d, since %v", found.id, found.since)
+	if since := time.Unix(0, found.since); found.id == 0 || found.since == 0 || time.Since(since) > time.Minute {
+		t.Errorf("registry entry: id %d, since %v", found.id, since)
 	}
 
 	n := liveConns.closeWhere(func(c *liveConn) bool { return c.user == "alice" }, 4000, "kicked")
@@ -1382,6 +1383,16 @@ func TestLiveReadAhead(t *testing.T) {
 	}
 	if got := up.messages(); !slices.Equal(got, want) {
 		t.Errorf("upstream received %q, want %q", got, want)
+	}
+}
+
+// TestLiveConnSize: a liveConn, most of what ws_auth keeps for an idle
+// connection, fits the heap's 512-byte size class; past it, each
+// connection costs 576 bytes.
+func TestLiveConnSize(t *testing.T) {
+	var c liveConn
+	if n := unsafe.Sizeof(c); n > 512 {
+		t.Errorf("a liveConn is %d bytes, more than the 512-byte size class", n)
 	}
 }
 
