@@ -148,7 +148,7 @@ func (reg *registry) list() []connInfo {
 		c.mu.Unlock()
 		infos = append(infos, connInfo{
 			ID: c.id, User: c.user, JTI: jti, RemoteIP: c.ip, Origin: c.origin, Path: c.path,
-			TokenSource: c.source.String(), Since: rfc3339(c.since), Expires: rfc3339(expires),
+			TokenSource: c.source.String(), Since: rfc3339(time.Unix(0, c.since)), Expires: rfc3339(expires),
 		})
 	}
 	slices.SortFunc(infos, func(x, y connInfo) int { return cmp.Compare(x.ID, y.ID) })

@@ -39,17 +39,20 @@ const (
 
 // A liveConn is one accepted WebSocket: who it is, the rules it runs
 // under (those of the handler that accepted it, also after a reload), and
-// the watch of its frames.
+// the watch of its frames. It is most of what ws_auth keeps per idle
+// connection, so its fields are laid out to fit the heap's 512-byte size
+// class (TestLiveConnSize): the next class is 576 bytes.
 type liveConn struct {
 	h      *Handler
 	id     uint64
-	since  time.Time
+	since  int64 // when the upstream switched protocols (unix ns)
 	ip     string
 	origin string
 	path   string
 	iss    string
 	user   string
 	slots  ConnectionSlots // where the user's connection slot was taken; nil: none
+	state  atomic.Int32
 	source sourceKind
 
 	// The two ends, set before start and read-only after it. Over HTTP/1.1
@@ -62,7 +65,6 @@ type liveConn struct {
 	body    io.ReadCloser
 	src     io.Reader // where client bytes are read
 	dst     io.Writer // where client bytes are written
-	flush   func() error
 
 	mu      sync.Mutex // guards jti, expires and closer
 	jti     string
@@ -80,18 +82,18 @@ type liveConn struct {
 	done        bool       // ended: the client's writer may be gone with the handler
 	closeQueued bool
 	sentClose   bool
+	shutting    atomic.Bool // shut has begun (once)
+	interrupted atomic.Bool
 	out         outbound
 	pending     []byte // frames for the client, waiting for a frame boundary
 
-	state       atomic.Int32
-	shutting    atomic.Bool // shut has begun (once)
-	interrupted atomic.Bool
-
-	// The message rate per connection (GCRA), and when the next notify
-	// may go; the reading goroutine's.
-	msgTAT     int64
-	notifyNext int64
-	msgKey     string // the user's key in a message limit per user
+	// The message rate per connection (GCRA), when the next notify may
+	// go, and when the next refresh message may come (unix ns); the
+	// reading goroutine's.
+	msgTAT      int64
+	notifyNext  int64
+	refreshNext int64
+	msgKey      string // the user's key in a message limit per user
 
 	writer liveWriter
 }
@@ -124,7 +126,7 @@ func (h *Handler) newLive(hs *handshake, w http.ResponseWriter, r *http.Request)
 // start begins the watch, once the upstream switched protocols.
 func (c *liveConn) start() {
 	c.started = true
-	c.since = time.Now()
+	c.since = time.Now().UnixNano()
 	liveConns.add(c)
 	// The blocklist may have changed since the handshake was decided
 	// (while the upstream answered, or while the 101 went out, which the
@@ -259,6 +261,23 @@ func (c *liveConn) notifyRateLimited(wait time.Duration) {
 
 var errOtherUser = errors.New("refresh token for another user")
 
+// minRefreshInterval is the floor between two refresh messages of a
+// connection, whatever rate_limit messages says. Each refresh costs a
+// signature check (about 40 µs with RS256, 70 µs with ES256) or, with
+// introspect or session_check, maybe a request to the identity provider,
+// while a client that means well refreshes once per token lifetime
+// (minutes): so once a second is far above any honest cadence, and keeps
+// what a connection's refreshes cost to about what one or two ordinary
+// messages a second cost Caddy to relay. A refresh message sooner than
+// that after the one before closes the connection as rate_limit messages
+// close does (1008 "rate_limited"), rather than being dropped: the client
+// waits for refresh_token_ok or a Close, and would wait in vain for a
+// dropped one (its connection expiring at the old exp instead); a client
+// that refreshes in a loop is broken or hostile, and the close shows it
+// (log, closed_total, block_after) and sends it back to a handshake, which
+// rate_limit handshakes governs, where a drop would let it go on.
+const minRefreshInterval = time.Second
+
 // takeRefresh handles a client text frame that may be a refresh message:
 // if it is one, the module takes it (it is not forwarded) and answers;
 // otherwise payload is left as it was.
@@ -269,15 +288,35 @@ func (c *liveConn) takeRefresh(fh *frameHeader, payload []byte) bool {
 		unmask(payload, fh.mask, 0)
 		return false
 	}
-	c.refreshWith(string(token))
+	if c.allowRefresh() {
+		c.refreshWith(string(token))
+	}
 	return true
+}
+
+// allowRefresh applies the rates to a refresh message before its token is
+// checked: the floor between refreshes (minRefreshInterval), then
+// rate_limit messages, which counts it as a client message, with its
+// action over the rate (drop and notify drop the refresh unanswered but
+// for notify's notice, close closes). A refresh message over either is
+// not checked.
+func (c *liveConn) allowRefresh() bool {
+	t := now().UnixNano()
+	if t < c.refreshNext {
+		c.h.violation(c, "rate_limited")
+		c.shut(closeRateLimited, "rate_limited")
+		return false
+	}
+	c.refreshNext = t + int64(minRefreshInterval)
+	return c.allowMessage()
 }
 
 func (c *liveConn) refreshQuoted() []byte { return c.h.refreshQuoted }
 
 // refreshWith checks a refresh token as a handshake's (verify, authorize;
-// no limit is charged) and requires the same user: then the connection
-// expires with the new token, and the client gets the new exp.
+// no handshake limit is charged: allowRefresh has counted it as a
+// message) and requires the same user: then the connection expires with
+// the new token, and the client gets the new exp.
 func (c *liveConn) refreshWith(token string) {
 	var id identity
 	ref := c.h.verify(token, &id)
@@ -538,7 +577,7 @@ func (h *Handler) logLiveClose(c *liveConn, reason string) {
 		c.mu.Unlock()
 		ce.Write(zap.String("reason", reason), zap.String("user", truncate(c.user, 200)),
 			zap.String("jti", truncate(jti, 200)), zap.String("remote_ip", c.ip),
-			zap.String("path", truncate(c.path, 200)), zap.Duration("duration", time.Since(c.since)))
+			zap.String("path", truncate(c.path, 200)), zap.Duration("duration", time.Duration(time.Now().UnixNano()-c.since)))
 	}
 }
 

@@ -21,6 +21,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/gorilla/websocket"
@@ -200,8 +201,8 @@ func TestLiveRegistry(t *testing.T) {
 	if want := "jti-alice 127.0.0.1 /ws/a query " + exp.UTC().Format(time.RFC3339); got != want {
 		t.Errorf("registry entry: %q, want %q", got, want)
 	}
-	if found.id == 0 || found.since.IsZero() || time.Since(found.since) > time.Minute {
-		t.Errorf("registry entry: id %d, since %v", found.id, found.since)
+	if since := time.Unix(0, found.since); found.id == 0 || found.since == 0 || time.Since(since) > time.Minute {
+		t.Errorf("registry entry: id %d, since %v", found.id, since)
 	}
 
 	n := liveConns.closeWhere(func(c *liveConn) bool { return c.user == "alice" }, 4000, "kicked")
@@ -488,6 +489,102 @@ func TestLiveRefreshInvalid(t *testing.T) {
 			up.ended(t)
 			if got := up.messages()[before:]; !slices.Equal(got, []string{"before " + tc.name}) {
 				t.Errorf("upstream received %q, want only the message before the refresh", got)
+			}
+			waitLiveCount(t, 0)
+		})
+	}
+}
+
+// TestLiveRefreshCountsAsMessage: a refresh message is a client message
+// for rate_limit messages. Over the rate it gets the limit's action, and
+// its token is not checked: with notify the client gets the notice, not
+// refresh_token_ok, and the connection still expires at the old exp.
+// Within the rate it uses up a message: with close, the message after it
+// is the one over the rate.
+func TestLiveRefreshCountsAsMessage(t *testing.T) {
+	t.Run("over the rate", func(t *testing.T) {
+		up := newLiveUpstream(t)
+		addr := startCaddy(t, site("refresh_message\n\t\trate_limit messages 3/1m per connection notify"), up.addr())
+		tok, _ := shortToken(t, "alice", 3*time.Second)
+		c := dialLive(t, liveURL(addr, "/ws", tok))
+		first3 := []string{"m1", "m2", "m3"}
+		for _, m := range first3 {
+			c.echo(m)
+		}
+		c.refresh(hs256(t, claims("alice")))
+		ev := c.next(5 * time.Second)
+		if ev.err != nil {
+			t.Fatalf("a refresh over the rate: %s, want the rate_limited notice", ev)
+		}
+		checkRateNotice(t, ev.data)
+		if got := c.closeWithin(5 * time.Second); got != "close 4001 expired" {
+			t.Errorf("after a refresh over the rate: %s, want close 4001 expired at the old exp", got)
+		}
+		up.ended(t)
+		if got := up.messages(); !slices.Equal(got, first3) {
+			t.Errorf("upstream received %q, want %q (never the refresh message)", got, first3)
+		}
+		waitLiveCount(t, 0)
+	})
+	t.Run("within the rate", func(t *testing.T) {
+		up := newLiveUpstream(t)
+		addr := startCaddy(t, site("refresh_message\n\t\trate_limit messages 2/1m per connection close"), up.addr())
+		c := dialLive(t, liveURL(addr, "/ws", hs256(t, claims("alice"))))
+		newClaims := claims("alice")
+		c.refresh(hs256(t, newClaims))
+		c.expectRefreshOK(newClaims["exp"].(int64))
+		c.echo("m1")
+		c.trySend("m2")
+		if ev := c.next(5 * time.Second); ev.String() != "close 1008 rate_limited" {
+			t.Errorf("a refresh and two messages with a rate of 2: %s, want close 1008 rate_limited", ev)
+		}
+		up.ended(t)
+		if got := up.messages(); !slices.Equal(got, []string{"m1"}) {
+			t.Errorf("upstream received %q, want only m1", got)
+		}
+		waitLiveCount(t, 0)
+	})
+}
+
+// TestLiveRefreshFloor: whatever rate_limit messages says, a connection
+// refreshes at most once a second: of refresh messages sent back to back,
+// the first is answered, and one too soon after the one before closes the
+// connection with 1008 rate_limited. (Were the sends a second apart
+// somewhere, a second answer would come first; the test allows it.)
+func TestLiveRefreshFloor(t *testing.T) {
+	for name, opts := range map[string]string{
+		"alone":                       "refresh_message",
+		"with a message rate, notify": "refresh_message\n\t\trate_limit messages 1000/1m per connection notify",
+	} {
+		t.Run(name, func(t *testing.T) {
+			up := newLiveUpstream(t)
+			addr := startCaddy(t, site(opts), up.addr())
+			c := dialLive(t, liveURL(addr, "/ws", hs256(t, claims("alice"))))
+			c.echo("before")
+			newClaims := claims("alice")
+			tok := hs256(t, newClaims)
+			const sent = 5
+			for range sent {
+				c.trySend(`{"type":"refresh_token","token":"` + tok + `"}`)
+			}
+			c.expectRefreshOK(newClaims["exp"].(int64))
+			answered := 1
+			ev := c.next(5 * time.Second)
+			for ; ev.err == nil; ev = c.next(5 * time.Second) {
+				if !strings.Contains(ev.data, `"refresh_token_ok"`) {
+					t.Fatalf("after %d answers to refresh messages, got %s; want refresh_token_ok or a close", answered, ev)
+				}
+				if answered++; answered == sent {
+					t.Fatalf("all %d refresh messages sent back to back were answered; want a close 1008 rate_limited", sent)
+				}
+			}
+			if got := ev.String(); got != "close 1008 rate_limited" {
+				t.Errorf("%d refresh messages back to back: %d answered, then %s; want close 1008 rate_limited", sent, answered, got)
+			}
+			c.ended()
+			up.ended(t)
+			if got := up.messages(); !slices.Equal(got, []string{"before"}) {
+				t.Errorf("upstream received %q, want only the message before the refreshes", got)
 			}
 			waitLiveCount(t, 0)
 		})
@@ -1286,6 +1383,16 @@ func TestLiveReadAhead(t *testing.T) {
 	}
 	if got := up.messages(); !slices.Equal(got, want) {
 		t.Errorf("upstream received %q, want %q", got, want)
+	}
+}
+
+// TestLiveConnSize: a liveConn, most of what ws_auth keeps for an idle
+// connection, fits the heap's 512-byte size class; past it, each
+// connection costs 576 bytes.
+func TestLiveConnSize(t *testing.T) {
+	var c liveConn
+	if n := unsafe.Sizeof(c); n > 512 {
+		t.Errorf("a liveConn is %d bytes, more than the 512-byte size class", n)
 	}
 }
 

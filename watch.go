@@ -474,8 +474,8 @@ func (c *liveConn) flushPending() error {
 	if _, err := c.dst.Write(b); err != nil {
 		return err
 	}
-	if c.flush != nil {
-		return c.flush()
+	if c.stream {
+		return http.NewResponseController(c.writer.ResponseWriter).Flush()
 	}
 	return nil
 }
@@ -498,7 +498,6 @@ func (lw *liveWriter) WriteHeader(status int) {
 		lw.upgraded = true
 		if lw.lc.stream {
 			lw.lc.dst = lw.ResponseWriter
-			lw.lc.flush = http.NewResponseController(lw.ResponseWriter).Flush
 			lw.lc.start()
 		}
 	}

@@ -740,6 +740,85 @@ func TestWatcherRefreshNearBufferEnd(t *testing.T) {
 	checkRefreshed(t, c, &client, exp)
 }
 
+// clockedReader returns one frame a read, and sets the test clock to the
+// frame's time as it does: a client whose frames come at those times.
+type clockedReader struct {
+	frames [][]byte
+	at     []time.Time
+	clock  *time.Time
+}
+
+func (r *clockedReader) Read(p []byte) (int, error) {
+	if len(r.frames) == 0 {
+		return 0, io.EOF
+	}
+	*r.clock = r.at[0]
+	n := copy(p, r.frames[0])
+	if r.frames[0] = r.frames[0][n:]; len(r.frames[0]) == 0 {
+		r.frames, r.at = r.frames[1:], r.at[1:]
+	}
+	return n, nil
+}
+
+// TestWatcherRefreshRates: a refresh message comes at most once a second
+// (minRefreshInterval), one sooner closes with 1008 rate_limited
+// unchecked; and it counts as a message for rate_limit messages, whose
+// drop leaves it unchecked and unanswered. On the test clock, so the
+// boundary is exact.
+func TestWatcherRefreshRates(t *testing.T) {
+	var clock time.Time
+	t.Cleanup(func() { now = time.Now })
+	// Swapping the package's clock is safe: no test runs in parallel, and
+	// no Caddy runs in this test.
+	now = func() time.Time { return clock }
+	t0 := time.Now()
+	exp1, exp2 := t0.Add(2*time.Hour).Unix(), t0.Add(3*time.Hour).Unix()
+	refresh := func(exp int64) []byte {
+		tok := hs256(t, claims("alice", func(c jwt.MapClaims) { c["exp"] = exp }))
+		return cf(true, opText, `{"type":"refresh_token","token":"`+tok+`"}`)
+	}
+	ok := func(exp int64) []byte {
+		return appendTextFrame(nil, fmt.Appendf(nil, `{"type":"refresh_token_ok","exp":%d}`, exp))
+	}
+	after := cf(true, opText, "after")
+	for _, tc := range []struct {
+		name     string
+		gap      time.Duration
+		rate     bool // rate_limit messages lets one message through
+		upstream []byte
+		client   []byte
+		exp      int64
+	}{
+		{"a second apart", time.Second, false, after, cat(ok(exp1), ok(exp2)), exp2},
+		{"sooner", time.Second - time.Nanosecond, false, nil, cat(ok(exp1), appendCloseFrame(nil, closeRateLimited, "rate_limited")), exp1},
+		{"over the message rate", time.Second, true, after[:0], ok(exp1), exp1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var client bytes.Buffer
+			src := &clockedReader{
+				frames: [][]byte{refresh(exp1), refresh(exp2), bytes.Clone(after)},
+				at:     []time.Time{t0, t0.Add(tc.gap), t0.Add(tc.gap)},
+				clock:  &clock,
+			}
+			c := refreshConn(t, src, &client)
+			if tc.rate {
+				firstMessageOnly(c.h)
+			}
+			out, err := relay(t, c, 4096, 100)
+			out = stripClose(t, c, out, err)
+			if want := tc.upstream; !bytes.Equal(out, want) {
+				t.Errorf("%v: the upstream got %q, not %q", err, out, want)
+			}
+			if !bytes.Equal(client.Bytes(), tc.client) {
+				t.Errorf("the client got %q, not %q", client.Bytes(), tc.client)
+			}
+			if got := c.expires.Unix(); got != tc.exp {
+				t.Errorf("the connection expires at %d, not %d", got, tc.exp)
+			}
+		})
+	}
+}
+
 // TestWatcherNotRefreshForwarded: text frames that look like JSON, or like
 // a refresh message, but are not one reach the upstream unchanged, mask
 // and all, and the connection stays open.
