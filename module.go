@@ -174,9 +174,12 @@ type Handler struct {
 	// {"type":"<type>","token":"<jwt>"}, is taken by the module and not
 	// forwarded; a valid token for the same user moves the connection's
 	// expiry and is answered {"type":"<type>_ok","exp":<unix>}, an invalid
-	// one closes the connection. While it is set, permessage-deflate is
-	// not negotiated with the upstream. Default: off (the Caddyfile's
-	// `refresh_message` alone means refresh_token).
+	// one closes the connection. A refresh counts as a message for
+	// rate_limit messages, and a connection refreshes at most once a
+	// second: one sooner closes it with 1008 "rate_limited". While it is
+	// set, permessage-deflate is not negotiated with the upstream.
+	// Default: off (the Caddyfile's `refresh_message` alone means
+	// refresh_token).
 	RefreshMessage string `json:"refresh_message,omitempty"`
 
 	keys       *keyring

@@ -121,7 +121,7 @@ func (s *RedisStore) Provision(ctx caddy.Context) error {
 		return err
 	}
 	rawURL := caddy.NewReplacer().ReplaceKnown(s.URL, "")
-	opts, err := redisOptions(rawURL)
+	newClient, err := redisOptions(rawURL)
 	if err != nil {
 		return err
 	}
@@ -136,7 +136,7 @@ func (s *RedisStore) Provision(ctx caddy.Context) error {
 	s.poolKey = rawURL + "\x00" + prefix
 	logger := ctx.Logger()
 	val, _, err := redisStores.LoadOrNew(s.poolKey, func() (caddy.Destructor, error) {
-		return newRedisShared(rawURL, opts, prefix, lease, logger)
+		return newRedisShared(rawURL, newClient(), prefix, lease, logger)
 	})
 	if err != nil {
 		return err
@@ -173,82 +173,78 @@ func (s *RedisStore) Slots() ConnectionSlots { return s.shared.slots }
 // prefix, so that they outlive a config reload.
 var redisStores = caddy.NewUsagePool()
 
-// redisOptions reads a store URL into go-redis's options: a Sentinel
-// failover client with master_name, a cluster client with addr parameters
-// or cluster=true, else one server. An outage costs a handshake at most
-// redisCallTimeout per call, whatever the URL sets.
-func redisOptions(raw string) (*redis.UniversalOptions, error) {
+// redisOptions reads a store URL into a constructor of go-redis's client:
+// a Sentinel failover client with master_name, a cluster client with addr
+// parameters or cluster=true, else one server, with every option the URL
+// sets. An outage costs a handshake at most redisCallTimeout per call,
+// whatever the URL sets.
+func redisOptions(raw string) (func() redis.UniversalClient, error) {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
 		return nil, fmt.Errorf("redis: want a redis:// or rediss:// URL with a host, not %q", redactStoreURL(raw))
 	}
 	q := u.Query()
-	cluster := q.Has("addr")
+	cluster := q.Has("addr") && !q.Has("master_name")
 	if c := q.Get("cluster"); c != "" {
 		cluster, err = strconv.ParseBool(c)
 		if err != nil {
 			return nil, fmt.Errorf("redis: cluster must be true or false, not %q", c)
 		}
+		if cluster && q.Has("master_name") {
+			return nil, errors.New("redis: a URL with master_name names Sentinels, not a cluster: drop cluster=true")
+		}
 		q.Del("cluster")
 		u.RawQuery = q.Encode()
 	}
-	var o *redis.UniversalOptions
 	switch {
 	case q.Has("master_name"):
-		fo, err := redis.ParseFailoverURL(u.String())
+		o, err := redis.ParseFailoverURL(u.String())
 		if err != nil {
 			return nil, goRedisErr(err)
 		}
-		o = &redis.UniversalOptions{
-			Addrs: fo.SentinelAddrs, MasterName: fo.MasterName, DB: fo.DB,
-			Username: fo.Username, Password: fo.Password,
-			SentinelUsername: fo.SentinelUsername, SentinelPassword: fo.SentinelPassword,
-			TLSConfig: fo.TLSConfig, Protocol: fo.Protocol,
-			DialTimeout: fo.DialTimeout, ReadTimeout: fo.ReadTimeout, WriteTimeout: fo.WriteTimeout,
-			PoolSize: fo.PoolSize, MaxRetries: fo.MaxRetries,
-		}
+		clientDefaults(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.MaxRetries, &o.DialerRetries, &o.ContextTimeoutEnabled, &o.DisableIdentity)
+		return func() redis.UniversalClient { return redis.NewFailoverClient(o) }, nil
 	case cluster:
-		co, err := redis.ParseClusterURL(u.String())
+		o, err := redis.ParseClusterURL(u.String())
 		if err != nil {
 			return nil, goRedisErr(err)
 		}
-		o = &redis.UniversalOptions{
-			Addrs: co.Addrs, IsClusterMode: true,
-			Username: co.Username, Password: co.Password, TLSConfig: co.TLSConfig, Protocol: co.Protocol,
-			DialTimeout: co.DialTimeout, ReadTimeout: co.ReadTimeout, WriteTimeout: co.WriteTimeout,
-			PoolSize: co.PoolSize, MaxRetries: co.MaxRetries,
-		}
+		clientDefaults(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.MaxRetries, &o.DialerRetries, &o.ContextTimeoutEnabled, &o.DisableIdentity)
+		return func() redis.UniversalClient { return redis.NewClusterClient(o) }, nil
 	default:
-		so, err := redis.ParseURL(u.String())
+		o, err := redis.ParseURL(u.String())
 		if err != nil {
 			return nil, goRedisErr(err)
 		}
-		o = &redis.UniversalOptions{
-			Addrs: []string{so.Addr}, DB: so.DB,
-			Username: so.Username, Password: so.Password, TLSConfig: so.TLSConfig, Protocol: so.Protocol,
-			DialTimeout: so.DialTimeout, ReadTimeout: so.ReadTimeout, WriteTimeout: so.WriteTimeout,
-			PoolSize: so.PoolSize, MaxRetries: so.MaxRetries,
-		}
+		clientDefaults(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.MaxRetries, &o.DialerRetries, &o.ContextTimeoutEnabled, &o.DisableIdentity)
+		return func() redis.UniversalClient { return redis.NewClient(o) }, nil
 	}
-	if o.DialTimeout == 0 {
-		o.DialTimeout = time.Second
+}
+
+// clientDefaults sets the options of a go-redis client that the URL left
+// to their defaults. Each call has a context of its own
+// (redisCallTimeout for a decision, redisBulkTimeout for a sync, a batch
+// or a renewal); go-redis keeps the earlier of its deadline and the read
+// and write timeouts. A decision does not wait for retries: the ping
+// notices an outage, and the decision counts locally meanwhile.
+func clientDefaults(dial, read, write *time.Duration, retries, dialerRetries *int, ctxTimeout, noIdentity *bool) {
+	if *dial == 0 {
+		*dial = time.Second
 	}
-	// Each call has a context of its own: redisCallTimeout for a
-	// decision, redisBulkTimeout for a sync; go-redis keeps the earlier of
-	// the context's deadline and these.
-	if o.ReadTimeout == 0 {
-		o.ReadTimeout = redisBulkTimeout
+	if *read == 0 {
+		*read = redisBulkTimeout
 	}
-	if o.WriteTimeout == 0 {
-		o.WriteTimeout = redisBulkTimeout
+	if *write == 0 {
+		*write = redisBulkTimeout
 	}
-	if o.MaxRetries == 0 {
-		o.MaxRetries = -1 // a handshake does not wait for retries; the ping notices the outage
+	if *retries == 0 {
+		*retries = -1
 	}
-	o.DialerRetries = 1
-	o.ContextTimeoutEnabled = true
-	o.DisableIdentity = true // no CLIENT SETINFO, which older servers refuse
-	return o, nil
+	if *dialerRetries == 0 {
+		*dialerRetries = 1
+	}
+	*ctxTimeout = true
+	*noIdentity = true // no CLIENT SETINFO, which older servers refuse
 }
 
 // goRedisErr is an error of go-redis's URL parser, named once.
@@ -344,9 +340,9 @@ type pendingWrite struct {
 	seq uint64
 }
 
-func newRedisShared(rawURL string, opts *redis.UniversalOptions, prefix string, lease time.Duration, logger *zap.Logger) (*redisShared, error) {
+func newRedisShared(rawURL string, client redis.UniversalClient, prefix string, lease time.Duration, logger *zap.Logger) (*redisShared, error) {
 	s := &redisShared{
-		client:  redis.NewUniversalClient(opts),
+		client:  client,
 		prefix:  prefix,
 		logger:  logger.With(zap.String("redis", redactStoreURL(rawURL)), zap.String("key_prefix", prefix)),
 		pending: make(map[entryKey]pendingWrite),
