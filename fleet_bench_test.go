@@ -26,13 +26,18 @@ import (
 //	go test -run '^$' -bench 'Store|FleetRevocation' -benchmem
 
 // roundTrips counts what a go-redis client sends: a command or a pipeline
-// is one round trip.
-type roundTrips struct{ n atomic.Int64 }
+// is one round trip; the slot given back at a connection's close
+// (giveScript) is counted apart.
+type roundTrips struct{ n, closes atomic.Int64 }
 
 func (rt *roundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
 func (rt *roundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		rt.n.Add(1)
+		if args := cmd.Args(); len(args) > 1 && args[1] == giveScript.Hash() {
+			rt.closes.Add(1)
+		} else {
+			rt.n.Add(1)
+		}
 		return next(ctx, cmd)
 	}
 }
@@ -54,7 +59,8 @@ func benchRedis(b *testing.B) *redisServer {
 // BenchmarkHandshakeStore decides handshakes of 1,024 distinct users, each
 // on a fresh goroutine (benchFresh), with the limits a fleet shares, counted
 // locally and in a real redis-server on loopback. The next handler returns
-// at once, so a connection slot is taken and given back per handshake.
+// at once, so a connection slot is taken and given back per handshake:
+// round-trips/op are the handshake's, at-close/op the close's.
 func BenchmarkHandshakeStore(b *testing.B) {
 	r := benchRedis(b)
 	alg := benchAlgs(b)[0] // HS256
@@ -77,6 +83,14 @@ func BenchmarkHandshakeStore(b *testing.B) {
 			h.RateLimits = &RateLimits{Handshakes: &HandshakeRate{Events: 1_000_000_000, Window: year, Per: "user"}}
 		}},
 		{"cap", func(h *Handler) { h.MaxConnectionsPerUser = 1_000_000 }},
+		{"rate_per_ip+cap", func(h *Handler) {
+			h.RateLimits = &RateLimits{Handshakes: &HandshakeRate{Events: 1_000_000_000, Window: year}}
+			h.MaxConnectionsPerUser = 1_000_000
+		}},
+		{"rate_per_user+cap", func(h *Handler) {
+			h.RateLimits = &RateLimits{Handshakes: &HandshakeRate{Events: 1_000_000_000, Window: year, Per: "user"}}
+			h.MaxConnectionsPerUser = 1_000_000
+		}},
 	}
 	for _, cfg := range configs {
 		for _, store := range []string{"local", "redis"} {
@@ -102,6 +116,7 @@ func BenchmarkHandshakeStore(b *testing.B) {
 					return h.ServeHTTP(w, r, next)
 				})
 				b.ReportMetric(float64(rt.n.Load())/float64(b.N), "round-trips/op")
+				b.ReportMetric(float64(rt.closes.Load())/float64(b.N), "at-close/op")
 			})
 		}
 	}

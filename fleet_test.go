@@ -215,6 +215,58 @@ func testFleetLimits(t *testing.T, url string) {
 	})
 }
 
+// TestFleetJoint: a handshake rate and a connection cap together, which
+// an instance charges in one round trip, both hold across the instances;
+// per IP, a handshake refused before the token is checked counts too.
+func TestFleetJoint(t *testing.T) {
+	url, r := redisURL(t)
+	t.Run("per_user", func(t *testing.T) {
+		f := startFleet(t, url, "rate_limit handshakes 2/1m per user\n\t\tmax_connections_per_user 1")
+		alice := hs256(t, claims("alice"))
+		a := dialLive(t, liveURL(f.a, "/ws", alice))
+		a.echo("alice on a")
+		if got := dialOutcome(t, f.b, "/ws", alice); got != "close 1013 rate_limited" {
+			t.Errorf("alice on b while connected on a: %s, want close 1013 rate_limited (the cap)", got)
+		}
+		a.close()
+		// Her two handshakes are spent (the one the cap refused counts).
+		eventually(t, 2*time.Second, "alice's slot given back", func() string {
+			if got := r.Do(t, "KEYS", "test:TestFleetJoint_per_user:conns:*"); got != "" {
+				return "still counted: " + got
+			}
+			return ""
+		})
+		if got := dialOutcome(t, f.b, "/ws", alice); got != "close 1013 rate_limited" {
+			t.Errorf("alice's third handshake: %s, want close 1013 rate_limited (the rate)", got)
+		}
+		if got := dialOutcome(t, f.b, "/ws", hs256(t, claims("bob"))); got != "accepted" {
+			t.Errorf("bob on b: %s, want accepted", got)
+		}
+	})
+	t.Run("per_ip", func(t *testing.T) {
+		f := startFleet(t, url, "rate_limit handshakes 3/1m\n\t\tmax_connections_per_user 5")
+		bad := hs256(t, claims("alice"))[:20] + "x.y.z"
+		if got := dialOutcome(t, f.a, "/ws", bad); got != "close 1008 invalid" {
+			t.Fatalf("a bad token on a: %s, want close 1008 invalid", got)
+		}
+		eventually(t, 2*time.Second, "the refused handshake charged to the fleet", func() string {
+			if got := r.Do(t, "KEYS", "test:TestFleetJoint_per_ip:rate:*"); got == "" {
+				return "no rate key in redis"
+			}
+			return ""
+		})
+		alice := hs256(t, claims("alice"))
+		for _, addr := range []string{f.b, f.a} {
+			if got := dialOutcome(t, addr, "/ws", alice); got != "accepted" {
+				t.Fatalf("alice on %s: %s, want accepted", addr, got)
+			}
+		}
+		if got := dialOutcome(t, f.b, "/ws", alice); got != "close 1013 rate_limited" {
+			t.Errorf("the IP's fourth handshake, on b: %s, want close 1013 rate_limited", got)
+		}
+	})
+}
+
 // TestFleetLease: the connection counted by an instance that is killed is
 // freed once its lease has passed, not before.
 func TestFleetLease(t *testing.T) {

@@ -131,6 +131,12 @@ func (h *Handler) takeSlot(hs *handshake) (bool, *refusal) {
 	if h.MaxConnectionsPerUser == 0 {
 		return false, nil
 	}
+	if h.joint != nil {
+		if ref := h.joint.admit(h, hs); ref != nil {
+			return false, ref
+		}
+		return true, nil
+	}
 	if !h.slots.Take(hs.id.claims.Issuer.s, hs.id.user, h.MaxConnectionsPerUser) {
 		return false, &refusal{reason: reasonRateLimited, detail: errTooManyConnections, retry: slotRetry}
 	}
@@ -306,4 +312,112 @@ func (h *Handler) banFor(kind, value string, t time.Time, reason string) {
 	}
 	h.logger.Warn("banned", zap.String("kind", kind), zap.String("value", truncate(value, 200)),
 		zap.Duration("for", d), zap.String("reason", reason))
+}
+
+// A jointAdmission charges a handshake's shared rate and takes its
+// connection slot in one call of the store, when a handler has both a
+// handshake rate and max_connections_per_user on a store that can
+// (RedisStore): one round trip per handshake rather than two. The rate per
+// IP is still checked before the token, on this instance's own count, so
+// that a flood of forged tokens is refused before any signature check; the
+// fleet's count is charged with the slot, or, for a handshake refused
+// before that, in the background (chargeRefused).
+type jointAdmission struct {
+	store  *RedisStore
+	rate   *redisLimiter
+	perIP  bool
+	charge chan struct{} // bounds the background charges in flight
+}
+
+// maxBackgroundCharges bounds the fleet's rate charges of refused
+// handshakes in flight; past it they are counted by this instance alone.
+const maxBackgroundCharges = 64
+
+// provisionJoint sets up the joint admission, if the store and the limits
+// allow it: the handler then checks its own count of the rate where it
+// checked the fleet's (per IP), or none (per user).
+func (h *Handler) provisionJoint() {
+	rs, ok := h.store.(*RedisStore)
+	if !ok || h.MaxConnectionsPerUser == 0 {
+		return
+	}
+	var rate Limiter
+	perIP := false
+	switch {
+	case h.needIP:
+		rate, perIP = h.ipLimit, true
+	default:
+		if _, none := h.userLimit.(noLimit); none {
+			return
+		}
+		rate = h.userLimit
+	}
+	rl, ok := rate.(*redisLimiter)
+	if !ok {
+		return
+	}
+	h.joint = &jointAdmission{store: rs, rate: rl, perIP: perIP, charge: make(chan struct{}, maxBackgroundCharges)}
+	if perIP {
+		h.ipLimit = rl.local
+	} else {
+		h.userLimit = noLimit{}
+	}
+}
+
+// rateKey is the key of hs in the joint rate: its client IP's, or its
+// user's.
+func (j *jointAdmission) rateKey(hs *handshake) string {
+	if j.perIP {
+		return ipKey(clientIP(hs.r))
+	}
+	return userKey(hs.id.claims.Issuer.s, hs.id.user)
+}
+
+// admit charges the rate and takes a slot for an accepted upgrade.
+func (j *jointAdmission) admit(h *Handler, hs *handshake) *refusal {
+	hs.charged = true
+	ok, wait := j.store.admitJoint(j.rate, j.rateKey(hs), hs.id.claims.Issuer.s, hs.id.user, h.MaxConnectionsPerUser, j.perIP)
+	switch {
+	case ok:
+		return nil
+	case wait == 0:
+		return &refusal{reason: reasonRateLimited, detail: errTooManyConnections, retry: slotRetry}
+	case j.perIP:
+		return &refusal{reason: reasonRateLimited, detail: errRateIP, retry: wait}
+	default:
+		return &refusal{reason: reasonRateLimited, detail: errRateUser, retry: wait}
+	}
+}
+
+// admitRate charges the rate alone, for a request that takes no slot (not
+// an upgrade).
+func (j *jointAdmission) admitRate(hs *handshake) *refusal {
+	hs.charged = true
+	if ok, wait := j.rate.allow(j.rateKey(hs), now(), !j.perIP); !ok {
+		detail := errRateUser
+		if j.perIP {
+			detail = errRateIP
+		}
+		return &refusal{reason: reasonRateLimited, detail: detail, retry: wait}
+	}
+	return nil
+}
+
+// chargeRefused charges the fleet's rate per IP for a handshake refused
+// before its joint admission, in the background, as every attempt of an
+// IP counts; at most maxBackgroundCharges at a time.
+func (j *jointAdmission) chargeRefused(hs *handshake) {
+	if !j.perIP || hs.charged {
+		return
+	}
+	select {
+	case j.charge <- struct{}{}:
+	default:
+		return // counted by this instance's own limiter
+	}
+	key := j.rateKey(hs)
+	go func() {
+		defer func() { <-j.charge }()
+		j.rate.allow(key, now(), false)
+	}()
 }

@@ -201,6 +201,7 @@ type Handler struct {
 	refreshLimit  int64           // the largest refresh message
 	unsubscribe   func()          // from the blocklist file's changes
 	store         Store           // nil: none
+	joint         *jointAdmission // a shared rate and a cap in one round trip; nil: none
 	slots         ConnectionSlots // max_connections_per_user's counts
 	ipFailures    FailureCounter  // block_after's counts; nil: no bans
 	failuresKey   string
@@ -348,6 +349,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.slots = userSlots
 	if h.store != nil {
 		h.slots = h.store.Slots()
+		h.provisionJoint()
 	}
 	h.expire = h.ExpireConnections == nil || *h.ExpireConnections
 	if h.RefreshMessage != "" {

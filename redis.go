@@ -1006,6 +1006,12 @@ type redisLimiter struct {
 
 // Allow implements Limiter.
 func (l *redisLimiter) Allow(key string, t time.Time) (bool, time.Duration) {
+	return l.allow(key, t, true)
+}
+
+// allow is Allow; without local, an event Redis cannot count is not
+// counted here either (the caller's own limiter has counted it).
+func (l *redisLimiter) allow(key string, t time.Time, local bool) (bool, time.Duration) {
 	if l.s.usable() {
 		ctx, cancel := callCtx()
 		wait, err := gcraScript.Run(ctx, l.s.client, []string{l.s.prefix + "rate:" + l.name + ":" + hashKey(key)},
@@ -1014,6 +1020,9 @@ func (l *redisLimiter) Allow(key string, t time.Time) (bool, time.Duration) {
 		if !l.s.failed(err) {
 			return wait == 0, time.Duration(wait) * time.Microsecond
 		}
+	}
+	if !local {
+		return true, 0
 	}
 	return l.local.Allow(key, t)
 }
@@ -1211,3 +1220,78 @@ var (
 	_ Store              = (*RedisStore)(nil)
 	_ caddy.Destructor   = (*redisShared)(nil)
 )
+
+// admitJoint charges a handshake's shared rate (rate, for key) and takes a
+// connection slot of the user, in one round trip: the two script calls go
+// in one pipeline. It reports whether the handshake may go on; if not,
+// wait is the rate's Retry-After, or 0 when the cap refused it (the rate
+// is charged then, as the local limits would). While Redis cannot be
+// reached, both are counted locally.
+// With counted, the rate's local limiter has counted the handshake already.
+func (s *RedisStore) admitJoint(rate *redisLimiter, key, iss, user string, max int, counted bool) (ok bool, wait time.Duration) {
+	sh := s.shared
+	fs := sh.slots
+	id, connsKey := fs.user(iss, user)
+	if sh.usable() {
+		rateKeys := []string{sh.prefix + "rate:" + rate.name + ":" + hashKey(key)}
+		rateArgs := []any{rate.interval.Microseconds(), rate.window.Microseconds()}
+		connsKeys := []string{connsKey}
+		connsArgs := []any{processID, max, sh.leaseTime().Milliseconds()}
+		ctx, cancel := callCtx()
+		defer cancel()
+		var rc, tc *redis.Cmd
+		_, err := sh.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			rc = gcraScript.EvalSha(ctx, p, rateKeys, rateArgs...)
+			tc = takeScript.EvalSha(ctx, p, connsKeys, connsArgs...)
+			return nil
+		})
+		// After a restart of Redis, or on a cluster node that has not
+		// seen them, the scripts are loaded by the call that needs them.
+		if isNoScript(rc.Err()) {
+			rc = gcraScript.Run(ctx, sh.client, rateKeys, rateArgs...)
+		}
+		if isNoScript(tc.Err()) {
+			tc = takeScript.Run(ctx, sh.client, connsKeys, connsArgs...)
+		}
+		if err == nil || isNoScript(err) {
+			err = errors.Join(rc.Err(), tc.Err())
+		}
+		w, _ := rc.Int64()
+		taken, _ := tc.Int64()
+		if err != nil && tc.Err() == nil && taken == 1 {
+			// The rate has no answer: the slot goes back, and both are
+			// counted locally below.
+			fs.mu.Lock()
+			fs.addLocked(id, connsKey, false)
+			fs.mu.Unlock()
+			fs.Give(iss, user)
+		}
+		if !sh.failed(err) {
+			if taken == 1 {
+				fs.mu.Lock()
+				fs.addLocked(id, connsKey, false)
+				fs.mu.Unlock()
+				if w > 0 {
+					fs.Give(iss, user) // the rate refused it
+				}
+			}
+			switch {
+			case w > 0:
+				return false, time.Duration(w) * time.Microsecond
+			case taken != 1:
+				return false, 0
+			}
+			return true, 0
+		}
+	}
+	if !counted {
+		if ok, wait := rate.local.Allow(key, now()); !ok {
+			return false, wait
+		}
+	}
+	return fs.Take(iss, user, max), 0
+}
+
+// isNoScript reports whether err is Redis's answer to an EVALSHA of a
+// script it does not hold.
+func isNoScript(err error) bool { return err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") }

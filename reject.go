@@ -112,6 +112,9 @@ func (h *Handler) refuse(hs *handshake, ref *refusal) error {
 	wsMetrics.refused[ref.reason].Inc()
 	h.logRefusal(hs, ref)
 	h.countFailure(hs, ref)
+	if h.joint != nil {
+		h.joint.chargeRefused(hs)
+	}
 	if hs.stream != nil {
 		hs.stream.close(h.codes[ref.reason], ref.reason.String(), !errors.Is(ref.detail, errClientClosed))
 		return nil

@@ -65,6 +65,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.refuse(hs, ref)
 	}
 	slot := false
+	if !upgrade && h.joint != nil {
+		if ref := h.joint.admitRate(hs); ref != nil {
+			return h.refuse(hs, ref)
+		}
+	}
 	if upgrade {
 		var ref *refusal
 		if slot, ref = h.takeSlot(hs); ref != nil {
@@ -201,6 +206,8 @@ type handshake struct {
 	token  string
 	id     identity
 	stream *clientStream // once the module answered the handshake itself
+	// charged: the fleet's joint rate has been charged for it.
+	charged bool
 }
 
 // A placeholderView is what the placeholders read of an accepted
