@@ -2,6 +2,7 @@ package wsauth
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"regexp"
@@ -16,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
 )
 
 func init() {
@@ -154,6 +156,7 @@ var caddyfileOptions = map[string]caddyfileOption{
 	"secret":               {parse: (*caddyfileParser).secret},
 	"public_key":           {parse: (*caddyfileParser).publicKey},
 	"jwks":                 {parse: (*caddyfileParser).jwks},
+	"oidc":                 {parse: (*caddyfileParser).oidc},
 	"jwks_file":            {parse: (*caddyfileParser).jwksFile},
 	"algorithms":           {parse: (*caddyfileParser).algorithms},
 	"issuer":               {parse: (*caddyfileParser).issuer},
@@ -217,15 +220,40 @@ func (p *caddyfileParser) publicKey() error {
 }
 
 func (p *caddyfileParser) jwks() error {
-	d := p.d
-	url, err := oneArg(d)
+	src, err := p.remoteSource("jwks")
 	if err != nil {
 		return err
 	}
+	p.h.JWKS = append(p.h.JWKS, src)
+	return nil
+}
+
+func (p *caddyfileParser) oidc() error {
+	src, err := p.remoteSource("oidc")
+	if err != nil {
+		return err
+	}
+	p.h.OIDC = append(p.h.OIDC, src)
+	return nil
+}
+
+// remoteSource parses `jwks <url> { ... }` or `oidc <issuer_url> { ... }`:
+// refresh, timeout and tls_trust_pool, as reverse_proxy's transport writes
+// the last.
+func (p *caddyfileParser) remoteSource(opt string) (*JWKSSource, error) {
+	d := p.d
+	url, err := oneArg(d)
+	if err != nil {
+		return nil, err
+	}
 	// A placeholder is judged at load, when it has a value.
 	if !strings.Contains(url, "{") {
-		if _, err := checkJWKSURL(url); err != nil {
-			return d.WrapErr(err)
+		check := func(u string) error { _, err := checkJWKSURL(u); return err }
+		if opt == "oidc" {
+			check = func(u string) error { _, err := checkIssuerURL(u); return err }
+		}
+		if err := check(url); err != nil {
+			return nil, d.WrapErr(err)
 		}
 	}
 	src := &JWKSSource{URL: url}
@@ -233,9 +261,28 @@ func (p *caddyfileParser) jwks() error {
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
 		if sub == "{" && last != "" {
-			return d.Errf("jwks %s: unexpected block", last)
+			return nil, d.Errf("%s %s: unexpected block", opt, last)
 		}
 		last = sub
+		if sub == "tls_trust_pool" {
+			if src.CARaw != nil {
+				return nil, d.Errf("%s tls_trust_pool: already specified", opt)
+			}
+			if !d.NextArg() {
+				return nil, d.Errf("%s tls_trust_pool: missing module name (file, inline, ...)", opt)
+			}
+			name := d.Val()
+			mod, err := caddyfile.UnmarshalModule(d, "tls.ca_pool.source."+name)
+			if err != nil {
+				return nil, fmt.Errorf("%s tls_trust_pool: %w", opt, err) // err names the line
+			}
+			ca, ok := mod.(caddytls.CA)
+			if !ok {
+				return nil, d.Errf("%s tls_trust_pool: module %s is no CA pool", opt, name)
+			}
+			src.CARaw = caddyconfig.JSONModuleObject(ca, "provider", name, nil)
+			continue
+		}
 		var dst *caddy.Duration
 		var check func(time.Duration) error
 		switch sub {
@@ -244,26 +291,25 @@ func (p *caddyfileParser) jwks() error {
 		case "timeout":
 			dst, check = &src.Timeout, checkJWKSTimeout
 		default:
-			return d.Errf("jwks: unrecognized subdirective '%s'", sub)
+			return nil, d.Errf("%s: unrecognized subdirective '%s'", opt, sub)
 		}
 		if *dst != 0 {
-			return d.Errf("jwks %s: already specified", sub)
+			return nil, d.Errf("%s %s: already specified", opt, sub)
 		}
-		v, err := oneArgOf(d, "jwks "+sub)
+		v, err := oneArgOf(d, opt+" "+sub)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		dur, err := caddy.ParseDuration(v)
 		if err != nil {
-			return d.Errf("jwks %s: invalid duration %q", sub, v)
+			return nil, d.Errf("%s %s: invalid duration %q", opt, sub, v)
 		}
 		if err := check(dur); err != nil {
-			return d.Errf("jwks %s: %v", sub, err)
+			return nil, d.Errf("%s %s: %v", opt, sub, err)
 		}
 		*dst = caddy.Duration(dur)
 	}
-	p.h.JWKS = append(p.h.JWKS, src)
-	return nil
+	return src, nil
 }
 
 func (p *caddyfileParser) jwksFile() error {

@@ -39,6 +39,11 @@ func (h *Handler) checkConfig() error {
 			return err
 		}
 	}
+	for _, src := range h.OIDC {
+		if err := checkOIDCSource(src); err != nil {
+			return err
+		}
+	}
 	if err := checkLeeway(time.Duration(h.Leeway)); err != nil {
 		return err
 	}

@@ -2,13 +2,19 @@ package wsauth
 
 import (
 	"bufio"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -158,11 +164,12 @@ func newDocStandIns(t *testing.T) *docStandIns {
 			"/etc/caddy/ws_blocklist.txt": write("ws_blocklist.txt", nil),
 			"/etc/caddy/jwks.json":        set,
 			"/var/log/caddy/ws_auth.log":  filepath.Join(dir, "ws_auth.log"),
+			"/etc/caddy/idp-ca.pem":       write("idp-ca.pem", selfSignedPEM(t)),
 		},
 		jwks: newJWKSServer(t, standardSet(t)...),
 		// The URL of a jwks option, in a Caddyfile or in JSON, whatever
 		// its host: the path is kept.
-		url: regexp.MustCompile(`(\bjwks\s+|"url":\s*")https?://[^\s"/]+(/[^\s"]*)?`),
+		url: regexp.MustCompile(`(\b(?:jwks|oidc)\s+|"url":\s*")https?://[^\s"/]+(/[^\s"]*)?`),
 	}
 }
 
@@ -172,6 +179,9 @@ var docPath = regexp.MustCompile(`(?:^|[\s"])(/(?:etc|var|srv|opt|home|usr)/[^\s
 // docEnv is an environment variable an example reads without a default
 // ({$NAME:default} works as written, and DEMO_PORT is no secret).
 var docEnv = regexp.MustCompile(`\{(?:env\.|\$)([A-Za-z_][A-Za-z0-9_]*)\}`)
+
+// docOIDC is an oidc issuer, in a Caddyfile or in JSON, once rewritten.
+var docOIDC = regexp.MustCompile(`(?:\boidc\s+|"oidc":\s*\[\{"url":\s*")(http://[^\s"]+)`)
 
 // apply returns text with the stand-ins in place, and whether it names a
 // remote key set.
@@ -195,6 +205,11 @@ func (s *docStandIns) apply(text string) (string, bool) {
 	}
 	remote := s.url.MatchString(text)
 	text = s.url.ReplaceAllString(text, "${1}"+s.jwks.URL+"${2}")
+	s.jwks.mu.Lock()
+	for _, m := range docOIDC.FindAllStringSubmatch(text, -1) {
+		s.jwks.issuers = append(s.jwks.issuers, m[1])
+	}
+	s.jwks.mu.Unlock()
 	return text, remote
 }
 
@@ -313,4 +328,24 @@ func TestREADMEBlocks(t *testing.T) {
 	if validated["caddyfile"] < 2 || validated["json"] < 1 || validated["blocklist"] < 1 {
 		t.Errorf("validated %v blocks: the README's examples were not found", validated)
 	}
+}
+
+// selfSignedPEM is a CA certificate, PEM, for the examples' tls_trust_pool.
+func selfSignedPEM(t *testing.T) []byte {
+	t.Helper()
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "docs test CA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign,
+	}
+	k := testKeys().ec
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &k.PublicKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 }

@@ -129,7 +129,7 @@ func redactURL(u *url.URL) string {
 // loadRemoteSet returns the pooled set for src, fetching it the first time.
 // src has passed checkJWKSSource; its URL, with placeholders replaced, is
 // checked here, where it has its value.
-func loadRemoteSet(src *JWKSSource, logger *zap.Logger) (keyfunc.Keyfunc, string, error) {
+func loadRemoteSet(src *JWKSSource, trust *trustPool, logger *zap.Logger) (keyfunc.Keyfunc, string, error) {
 	u, err := checkJWKSURL(src.URL)
 	if err != nil {
 		return nil, "", err
@@ -141,9 +141,9 @@ func loadRemoteSet(src *JWKSSource, logger *zap.Logger) (keyfunc.Keyfunc, string
 	if timeout == 0 {
 		timeout = defaultJWKSTimeout
 	}
-	key := jwksPoolKey(src.URL, refresh, timeout)
+	key := jwksPoolKey(src.URL, refresh, timeout) + trust.key()
 	val, _, err := jwksSets.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return newRemoteSet(u, refresh, timeout)
+		return newRemoteSet(u, refresh, timeout, trust)
 	})
 	if err != nil {
 		return nil, "", fmt.Errorf("jwks %s: %v", redactURL(u), err)
@@ -156,18 +156,14 @@ func loadRemoteSet(src *JWKSSource, logger *zap.Logger) (keyfunc.Keyfunc, string
 	return kf, key, nil
 }
 
-func newRemoteSet(u *url.URL, refresh, timeout time.Duration) (*remoteSet, error) {
+func newRemoteSet(u *url.URL, refresh, timeout time.Duration, trust *trustPool) (*remoteSet, error) {
 	// The set outlives the config that first loaded it, so it logs to
 	// Caddy's current default logger and runs on its own context.
 	ctx, cancel := context.WithCancel(context.Background())
 	where := redactURL(u)
 	noErr := true
 	kf, err := keyfunc.NewDefaultOverrideCtx(ctx, []string{u.String()}, keyfunc.Override{
-		Client: &http.Client{
-			Timeout:       timeout,
-			Transport:     limitedTransport{rt: http.DefaultTransport, max: maxJWKSBody},
-			CheckRedirect: checkJWKSRedirect,
-		},
+		Client:                    fetchClient(timeout, trust),
 		HTTPTimeout:               timeout,
 		NoErrorReturnFirstHTTPReq: &noErr,
 		RefreshInterval:           refresh,

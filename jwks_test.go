@@ -38,6 +38,8 @@ type jwksServer struct {
 	body    []byte
 	mode    string // ok, 500, drop (close the connection), garbage
 	declare bool   // send Content-Length (else a large body is chunked)
+	// issuers are the OpenID issuers it stands in for, as configured.
+	issuers []string
 }
 
 func newJWKSServer(t testing.TB, keys ...jwkset.JWKMarshal) *jwksServer {
@@ -50,6 +52,25 @@ func newJWKSServer(t testing.TB, keys ...jwkset.JWKMarshal) *jwksServer {
 
 func (s *jwksServer) serve(w http.ResponseWriter, r *http.Request) {
 	s.fetches.Add(1)
+	if prefix, ok := strings.CutSuffix(r.URL.Path, "/.well-known/openid-configuration"); ok {
+		// An OpenID provider whose issuer is the path before it (or one
+		// of s.issuers that ends there, with its trailing slash), and
+		// whose keys are this set.
+		issuer := "http://" + r.Host + prefix
+		s.mu.Lock()
+		for _, iss := range s.issuers {
+			if strings.TrimSuffix(iss, "/") == issuer {
+				issuer = iss
+			}
+		}
+		s.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]string{
+			"issuer":   issuer,
+			"jwks_uri": "http://" + r.Host + "/jwks.json",
+		})
+		return
+	}
 	s.mu.Lock()
 	body, mode, declare := s.body, s.mode, s.declare
 	s.mu.Unlock()

@@ -89,7 +89,7 @@ func checkKeyTypes(secrets, publicKeys, keySets int, algorithms []string) error 
 
 // checkHandlerKeyTypes is checkKeyTypes for a handler's configuration.
 func checkHandlerKeyTypes(h *Handler) error {
-	return checkKeyTypes(len(h.Secrets), len(h.PublicKeys), len(h.JWKS)+len(h.JWKSFiles), h.Algorithms)
+	return checkKeyTypes(len(h.Secrets), len(h.PublicKeys), len(h.JWKS)+len(h.OIDC)+len(h.JWKSFiles), h.Algorithms)
 }
 
 const (
@@ -118,6 +118,7 @@ type keyring struct {
 	sets     []jwkSource
 	setAlgs  []string // algorithms the key sets may verify
 	poolKeys []string // of jwksSets, released by close
+	oidcKeys []string // of oidcSets, released by close
 	ctx      context.Context
 }
 
@@ -203,12 +204,30 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, er
 		// Placeholders such as {env.JWKS_URL} are replaced at load.
 		resolved := *src
 		resolved.URL = repl.ReplaceKnown(src.URL, "")
-		kf, poolKey, err := loadRemoteSet(&resolved, logger)
+		trust, err := loadTrust(ctx, src)
+		if err != nil {
+			return nil, err
+		}
+		kf, poolKey, err := loadRemoteSet(&resolved, trust, logger)
 		if err != nil {
 			return nil, err
 		}
 		k.poolKeys = append(k.poolKeys, poolKey)
 		k.sets = append(k.sets, jwkSource{kf: kf, remote: true})
+	}
+	for _, src := range h.OIDC {
+		resolved := *src
+		resolved.URL = repl.ReplaceKnown(src.URL, "")
+		trust, err := loadTrust(ctx, src)
+		if err != nil {
+			return nil, err
+		}
+		o, poolKey, err := loadOIDC(&resolved, trust, logger)
+		if err != nil {
+			return nil, err
+		}
+		k.oidcKeys = append(k.oidcKeys, poolKey)
+		k.sets = append(k.sets, jwkSource{kf: o, remote: true})
 	}
 	if len(h.JWKS) > 0 && len(h.Issuers) == 0 && len(h.Audiences) == 0 {
 		logger.Warn("jwks without issuer or audience: any token of this key set is accepted, including those minted for other applications")
@@ -360,7 +379,10 @@ func (k *keyring) close() {
 	for _, key := range k.poolKeys {
 		_, _ = jwksSets.Delete(key)
 	}
-	k.poolKeys = nil
+	for _, key := range k.oidcKeys {
+		_, _ = oidcSets.Delete(key)
+	}
+	k.poolKeys, k.oidcKeys = nil, nil
 }
 
 func publicOf(key any) any {

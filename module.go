@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -59,6 +60,13 @@ type Handler struct {
 
 	// Remote JWK Sets, fetched at provision and refreshed in the background.
 	JWKS []*JWKSSource `json:"jwks,omitempty"`
+
+	// OpenID Connect issuers, found by discovery: each URL is an issuer,
+	// whose <url>/.well-known/openid-configuration must name it as its
+	// issuer; its jwks_uri is then a remote key set, fetched and
+	// refreshed like one of JWKS (with the same refresh, timeout and
+	// tls_trust_pool), and tokens of that issuer pass the issuer check.
+	OIDC []*JWKSSource `json:"oidc,omitempty"`
 
 	// Local JWK Set files.
 	JWKSFiles []string `json:"jwks_files,omitempty"`
@@ -235,6 +243,13 @@ type JWKSSource struct {
 
 	// Time allowed for one fetch. Default: 10s; at most 1m.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// The certificate authorities the key server's certificate must chain
+	// to, for this URL only, as reverse_proxy's transport takes them: a
+	// module of the tls.ca_pool.source namespace (for instance
+	// {"provider": "file", "pem_files": ["/etc/caddy/idp-ca.pem"]}).
+	// Default: the system's trust store.
+	CARaw json.RawMessage `json:"tls_trust_pool,omitempty" caddy:"namespace=tls.ca_pool.source inline_key=provider"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -278,7 +293,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.strip = h.StripToken == nil || *h.StripToken
 	h.closeMode = h.Reject == "" || h.Reject == "close"
 	h.insufficientScope = `Bearer error="insufficient_scope", scope="` + strings.Join(h.Scopes, " ") + `"`
-	h.issuers = h.Issuers
+	// An oidc issuer is accepted as the issuer of its keys' tokens.
+	h.issuers = slices.Clip(h.Issuers)
+	for _, src := range h.OIDC {
+		h.issuers = append(h.issuers, caddy.NewReplacer().ReplaceKnown(src.URL, ""))
+	}
 	h.audiences = h.Audiences
 
 	var err error
