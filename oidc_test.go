@@ -45,9 +45,9 @@ func newIdP(t *testing.T, keys ...jwkset.JWKMarshal) *idpServer {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(map[string]any{
-			"issuer":                 issuer,
-			"jwks_uri":               s.URL + "/realms/app/protocol/openid-connect/certs",
-			"authorization_endpoint": s.URL + "/realms/app/protocol/openid-connect/auth",
+			"issuer":                                issuer,
+			"jwks_uri":                              s.URL + "/realms/app/protocol/openid-connect/certs",
+			"authorization_endpoint":                s.URL + "/realms/app/protocol/openid-connect/auth",
 			"id_token_signing_alg_values_supported": []string{"RS256", "ES256"},
 		})
 	})
