@@ -13,6 +13,7 @@ import (
 	"crypto/sha512"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -43,6 +44,11 @@ var (
 	eddsaAlgs   = []string{"EdDSA"}
 	jwksDefault = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
+
+// algEd25519 is RFC 9864's fully-specified name of EdDSA with an Ed25519
+// key. It is the only EdDSA that golang-jwt verifies, so here the two
+// names are one algorithm.
+const algEd25519 = "Ed25519"
 
 // errNoKeyConfigured is the error for a handler without any key source.
 var errNoKeyConfigured = errors.New("no key configured: need secret, public_key, jwks or jwks_file")
@@ -184,17 +190,9 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, er
 	}
 
 	for _, file := range h.JWKSFiles {
-		raw, err := readSmallFile(file, maxKeyFile)
+		kf, err := loadKeySetFile(file, logger)
 		if err != nil {
-			return nil, fmt.Errorf("jwks_file %s: %v", file, err)
-		}
-		kf, err := keyfunc.NewJWKSetJSON(raw)
-		if err != nil {
-			return nil, fmt.Errorf("jwks_file %s: %v", file, err)
-		}
-		all, err := kf.Storage().KeyReadAll(ctx)
-		if err != nil || len(all) == 0 {
-			return nil, fmt.Errorf("jwks_file %s: no usable keys", file)
+			return nil, err
 		}
 		k.sets = append(k.sets, jwkSource{kf: kf})
 	}
@@ -318,6 +316,194 @@ func (k *keyring) lookup(alg, kid string) (any, error) {
 		return nil, errNoKey
 	}
 	return set, nil
+}
+
+// A JWK Set is read key by key, the same from a jwks_file and from a
+// remote jwks. jwkset parses a set whole: one key it refuses (a curve it
+// does not know, a malformed member, a certificate that does not match
+// the key) fails a file's load, or every fetch of a remote set, which then
+// keeps its last good keys, or has none. Here each key is parsed on its
+// own, as jwkset parses a fetched one (the same unmarshalling and
+// validation), and a key that fails is skipped with a warning naming it.
+
+// skippedKey is a key of a set that cannot be used, and why.
+type skippedKey struct {
+	index int // in the set's "keys", from 0
+	kid   string
+	err   error
+}
+
+func (s skippedKey) String() string {
+	return fmt.Sprintf("key %d, kid %q: %s", s.index+1, s.kid, s.reason())
+}
+
+// reason is why the key is skipped, on one line, without jwkset's
+// prefixes.
+func (s skippedKey) reason() string {
+	r := strings.ReplaceAll(s.err.Error(), "\n", "; ")
+	for _, prefix := range []string{"failed to unmarshal JSON Web Key: ", "failed to validate JSON Web Key: "} {
+		r = strings.TrimPrefix(r, prefix)
+	}
+	return truncate(r, 160)
+}
+
+// parseKeySet parses a JWK Set key by key. It returns the keys that can be
+// used, the others with their reasons, and whether a usable key was
+// amended to pass jwkset's validation (see parseKey). An error means that
+// raw is not a JWK Set at all.
+func parseKeySet(raw []byte) (keys []jwkset.JWK, skipped []skippedKey, amended bool, err error) {
+	var set struct {
+		Keys []json.RawMessage `json:"keys"`
+	}
+	if err := json.Unmarshal(raw, &set); err != nil {
+		return nil, nil, false, fmt.Errorf("not a JWK Set: %v", err)
+	}
+	for i, member := range set.Keys {
+		jwk, fixed, err := parseKey(member)
+		if err != nil {
+			skipped = append(skipped, skippedKey{index: i, kid: kidOf(member), err: err})
+			continue
+		}
+		keys = append(keys, jwk)
+		amended = amended || fixed
+	}
+	return keys, skipped, amended, nil
+}
+
+// parseKey parses one member of a JWK Set as jwkset parses the keys of a
+// fetched set. One thing is amended first: jwkset requires the alg EdDSA
+// of an Ed25519 key that carries its certificate (x5c), while alg is
+// optional (RFC 7517) and RFC 9864 names the algorithm Ed25519; an Ed25519
+// key verifies that one algorithm whatever its alg says, so such a key is
+// given EdDSA.
+func parseKey(member json.RawMessage) (_ jwkset.JWK, amended bool, _ error) {
+	var m jwkset.JWKMarshal
+	if err := json.Unmarshal(member, &m); err != nil {
+		return jwkset.JWK{}, false, err
+	}
+	if m.KTY == jwkset.KtyOKP && m.CRV == jwkset.CrvEd25519 && len(m.X5C) > 0 && (m.ALG == "" || m.ALG == algEd25519) {
+		m.ALG, amended = jwkset.AlgEdDSA, true
+	}
+	jwk, err := jwkset.NewJWKFromMarshal(m, jwkset.JWKMarshalOptions{Private: true}, jwkset.JWKValidateOptions{})
+	return jwk, amended, err
+}
+
+// kidOf is the kid of a JWK Set member that may not parse, for a log.
+func kidOf(member json.RawMessage) string {
+	var m struct {
+		KID any `json:"kid"`
+	}
+	_ = json.Unmarshal(member, &m)
+	kid, _ := m.KID.(string)
+	return truncate(kid, 64)
+}
+
+// skippedList is the skipped keys for an error: "key 2, kid "a": reason; ...".
+func skippedList(skipped []skippedKey) string {
+	parts := make([]string, len(skipped))
+	for i, s := range skipped {
+		parts[i] = s.String()
+	}
+	return truncate(strings.Join(parts, "; "), 1000)
+}
+
+// warnSkipped logs each skipped key of the set named set.
+func warnSkipped(logger *zap.Logger, set string, skipped []skippedKey) {
+	for _, s := range skipped {
+		logger.Warn("skipping a key of the JWK Set that cannot be used",
+			zap.String("set", set), zap.String("kid", s.kid), zap.Int("key", s.index+1), zap.String("reason", s.reason()))
+	}
+}
+
+// loadKeySetFile reads a jwks_file key by key (parseKeySet).
+func loadKeySetFile(file string, logger *zap.Logger) (keyfunc.Keyfunc, error) {
+	name := "jwks_file " + file
+	raw, err := readSmallFile(file, maxKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", name, err)
+	}
+	keys, skipped, _, err := parseKeySet(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", name, err)
+	}
+	if len(keys) == 0 {
+		if len(skipped) > 0 {
+			return nil, fmt.Errorf("%s: no usable key (%s)", name, skippedList(skipped))
+		}
+		return nil, fmt.Errorf("%s: no usable key: the set is empty", name)
+	}
+	warnSkipped(logger, name, skipped)
+	store := jwkset.NewMemoryStorage()
+	if err := store.KeyReplaceAll(context.Background(), keys); err != nil {
+		return nil, fmt.Errorf("%s: %v", name, err)
+	}
+	return keyfunc.New(keyfunc.Options{Storage: store})
+}
+
+// usableKeySet is a fetched JWK Set as jwkset is to parse it: without the
+// keys that cannot be used, each named in a warning (skipWarnings), and
+// with the amendments of parseKey. A set that holds keys but none usable
+// is an error, a failed fetch: the last good set keeps serving. A body
+// that is no JWK Set is returned as it is, for jwkset to refuse; so is a
+// set that needs no change.
+func usableKeySet(body []byte, set string) ([]byte, error) {
+	keys, skipped, amended, err := parseKeySet(body)
+	if err != nil {
+		return body, nil
+	}
+	if len(skipped) > 0 && skipWarnings.due(set, skipped) {
+		warnSkipped(caddy.Log().Named("http.handlers.ws_auth"), set, skipped)
+	}
+	if len(keys) == 0 && len(skipped) > 0 {
+		return nil, fmt.Errorf("no usable key in the JWK Set (%s)", skippedList(skipped))
+	}
+	if len(skipped) == 0 && !amended {
+		return body, nil
+	}
+	out := jwkset.JWKSMarshal{Keys: make([]jwkset.JWKMarshal, len(keys))}
+	for i, jwk := range keys {
+		out.Keys[i] = jwk.Marshal()
+	}
+	return json.Marshal(out)
+}
+
+// skipWarnings keeps a remote set, fetched every refresh and on unknown
+// kids, from warning of the same skipped keys each time: a warning is
+// repeated when the skipped keys change, or after skipWarnEvery.
+var skipWarnings = &skipWarned{last: make(map[string]skipWarning)}
+
+const (
+	skipWarnEvery = time.Hour
+	// maxSkipWarned bounds the sets remembered; past it, all are
+	// forgotten (and may warn once more).
+	maxSkipWarned = 1024
+)
+
+type skipWarned struct {
+	mu   sync.Mutex
+	last map[string]skipWarning // by set
+}
+
+type skipWarning struct {
+	keys string // skippedList
+	at   time.Time
+}
+
+// due reports whether the skipped keys of set are to be warned of now,
+// and if so notes that they are.
+func (w *skipWarned) due(set string, skipped []skippedKey) bool {
+	keys := skippedList(skipped)
+	t := now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if prev, ok := w.last[set]; ok && prev.keys == keys && t.Sub(prev.at) < skipWarnEvery {
+		return false
+	}
+	if len(w.last) >= maxSkipWarned {
+		clear(w.last)
+	}
+	w.last[set] = skipWarning{keys: keys, at: t}
+	return true
 }
 
 // setKey returns the public key of a key set's JWK if it may verify alg:
@@ -601,7 +787,9 @@ func checkRegular(fi os.FileInfo) error {
 	return fmt.Errorf("not a regular file (%s)", what)
 }
 
-// limitedTransport bounds the size of every response it returns. It reads
+// limitedTransport bounds the size of every response it returns, and
+// hands on a JWK Set without the keys that cannot be used
+// (usableKeySet), so that one such key does not fail the fetch. It reads
 // the whole body before handing the response on: a JSON decoder stops at
 // the end of the first value, so a limit enforced while decoding would let
 // a response of any size through as long as its first bytes held a set
@@ -627,6 +815,11 @@ func (t limitedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	if int64(len(body)) > t.max {
 		return nil, fmt.Errorf("JWK Set response larger than %d bytes", t.max)
+	}
+	if resp.StatusCode == http.StatusOK {
+		if body, err = usableKeySet(body, "jwks "+redactURL(r.URL)); err != nil {
+			return nil, err
+		}
 	}
 	resp.Body = io.NopCloser(bytes.NewReader(body))
 	resp.ContentLength = int64(len(body))

@@ -1,0 +1,335 @@
+package wsauth
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/ed25519"
+	"crypto/sha1"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/MicahParks/jwkset"
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+// Key sets as identity providers publish them: keys ws_auth cannot use
+// among good ones, a kid listed twice, symmetric keys, the RFC 9864 name
+// Ed25519. Each is tried from a jwks_file and from a remote jwks, which
+// must behave the same.
+
+// keySetOf is a JWK Set of raw JSON members, so that a test can put in it
+// what jwkset would not marshal.
+func keySetOf(members ...string) []byte {
+	return []byte(`{"keys":[` + strings.Join(members, ",") + `]}`)
+}
+
+// jwkMembers is the JSON of each JWK.
+func jwkMembers(keys ...jwkset.JWKMarshal) []string {
+	out := make([]string, len(keys))
+	for i, k := range keys {
+		out[i] = mustJSON(k)
+	}
+	return out
+}
+
+// jwkUse is jwkOf with a use.
+func jwkUse(t testing.TB, pub any, kid string, alg jwkset.ALG, use jwkset.USE) jwkset.JWKMarshal {
+	t.Helper()
+	j, err := jwkset.NewJWKFromKey(pub, jwkset.JWKOptions{Metadata: jwkset.JWKMetadataOptions{KID: kid, ALG: alg, USE: use}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j.Marshal()
+}
+
+// ed25519WithCert is the Ed25519 test key as some providers publish it:
+// with its certificate (x5c and x5t) and the given alg, possibly none.
+func ed25519WithCert(t *testing.T, kid, alg string) string {
+	t.Helper()
+	k := testKeys()
+	der := selfSigned(t, k.ed.Public(), k.ed)
+	sum := sha1.Sum(der)
+	m := map[string]any{
+		"kty": "OKP", "crv": "Ed25519", "kid": kid, "use": "sig",
+		"x":   b64url(k.ed.Public().(ed25519.PublicKey)),
+		"x5c": []string{base64.StdEncoding.EncodeToString(der)},
+		"x5t": b64url(sum[:]),
+	}
+	if alg != "" {
+		m["alg"] = alg
+	}
+	return mustJSON(m)
+}
+
+// unusableKeys are keys that a set may hold and ws_auth cannot use, each
+// with its kid: a secp256k1 key (Ethereum's curve, which neither jwkset
+// nor golang-jwt verifies), an EC point that is not on its curve, a key
+// whose x5c is a string rather than an array, and an RSA key whose
+// certificate holds another key.
+func unusableKeys(t *testing.T) map[string]string {
+	k := testKeys()
+	other := rotationKeys()[1]
+	n32 := b64url(bytes.Repeat([]byte{7}, 32))
+	otherCert := base64.StdEncoding.EncodeToString(selfSigned(t, &k.rsa.PublicKey, k.rsa))
+	rsaOf := func(kid string, x5c any) string {
+		m := map[string]any{}
+		if err := json.Unmarshal([]byte(mustJSON(jwkUse(t, &other.PublicKey, kid, jwkset.AlgRS256, jwkset.UseSig))), &m); err != nil {
+			t.Fatal(err)
+		}
+		m["x5c"] = x5c
+		return mustJSON(m)
+	}
+	return map[string]string{
+		"secp256k1":  `{"kty":"EC","crv":"secp256k1","kid":"secp256k1","use":"sig","alg":"ES256K","x":"` + n32 + `","y":"` + n32 + `"}`,
+		"off-curve":  `{"kty":"EC","crv":"P-256","kid":"off-curve","use":"sig","alg":"ES256","x":"` + n32 + `","y":"` + n32 + `"}`,
+		"x5c-string": rsaOf("x5c-string", otherCert),
+		"x5c-other":  rsaOf("x5c-other", []string{otherCert}),
+	}
+}
+
+// startCaddyLogged is startCaddy with every log of the process, at DEBUG,
+// written to a file: logged returns its entries so far.
+func startCaddyLogged(t *testing.T, site, upstream string) (addr string, logged func() []map[string]any) {
+	t.Helper()
+	caddyMu.Lock()
+	t.Cleanup(caddyMu.Unlock)
+	file := filepath.Join(t.TempDir(), "caddy.log")
+	addr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cfg := fmt.Sprintf("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tlog default {\n\t\toutput file %s\n\t\tlevel DEBUG\n\t}\n}\n\nhttp://%s {\n%s\n}\n",
+		file, addr, strings.ReplaceAll(site, "%UPSTREAM%", upstream))
+	if err := loadCaddyfile(cfg); err != nil {
+		t.Fatalf("loading config: %v\n%s", err, cfg)
+	}
+	t.Cleanup(func() { _ = caddy.Stop() })
+	waitListening(t, addr)
+	return addr, func() []map[string]any { return readLog(t, file) }
+}
+
+// readLog reads a JSON log file into its entries.
+func readLog(t testing.TB, file string) []map[string]any {
+	t.Helper()
+	f, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []map[string]any
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var e map[string]any
+		if json.Unmarshal(sc.Bytes(), &e) == nil {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// findLog returns the first entry whose msg contains want["msg"] and whose
+// other fields equal the rest of want.
+func findLog(entries []map[string]any, want map[string]string) map[string]any {
+	for _, e := range entries {
+		ok := true
+		for k, v := range want {
+			s, _ := e[k].(string)
+			if k == "msg" && !strings.Contains(s, v) || k != "msg" && s != v {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return e
+		}
+	}
+	return nil
+}
+
+// writeKeySet writes a JWK Set file and returns its path.
+func writeKeySet(t testing.TB, body []byte) string {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "jwks.json")
+	if err := os.WriteFile(file, body, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return file
+}
+
+// keySetSites serves body as a jwks_file and as a remote jwks, and runs
+// check against a Caddy for each, with opts in the ws_auth block; set is
+// how ws_auth names the key set.
+func keySetSites(t *testing.T, body []byte, opts string, check func(t *testing.T, addr, set string, logged func() []map[string]any)) {
+	t.Run("jwks_file", func(t *testing.T) {
+		file := writeKeySet(t, body)
+		up := newUpstream(t)
+		addr, logged := startCaddyLogged(t, "\tws_auth {\n\t\tjwks_file "+file+"\n\t\t"+opts+"\n\t}\n\treverse_proxy %UPSTREAM%", up.addr())
+		check(t, addr, "jwks_file "+file, logged)
+	})
+	t.Run("jwks", func(t *testing.T) {
+		srv := newJWKSServer(t)
+		srv.setBody(body)
+		up := newUpstream(t)
+		addr, logged := startCaddyLogged(t, jwksSite(srv.URL, "1s", opts), up.addr())
+		check(t, addr, "jwks "+srv.URL, logged)
+	})
+}
+
+// TestKeySetUnusableKeys: a key that cannot be used (secp256k1, a point
+// off its curve, a malformed x5c, a certificate of another key) is
+// skipped with a warning naming its kid and the set, and the other keys
+// of the set keep verifying, from a jwks_file as from a remote jwks; an
+// Ed25519 key published with its certificate and without alg, which
+// jwkset alone refuses, is used.
+func TestKeySetUnusableKeys(t *testing.T) {
+	keys := testKeys()
+	bad := unusableKeys(t)
+	members := append(jwkMembers(standardSet(t)...), ed25519WithCert(t, "ed-x5c", ""))
+	for _, m := range bad {
+		members = append(members, m)
+	}
+	c := claims("alice")
+	cases := []attackCase{
+		{"RS256, kid", sign(t, jwt.SigningMethodRS256, keys.rsa, c, "rsa-1"), "accepted"},
+		{"ES256, kid", sign(t, jwt.SigningMethodES256, keys.ec, c, "ec-1"), "accepted"},
+		{"EdDSA, kid", sign(t, jwt.SigningMethodEdDSA, keys.ed, c, "ed-1"), "accepted"},
+		{"EdDSA, kid of the Ed25519 key with a certificate and no alg", sign(t, jwt.SigningMethodEdDSA, keys.ed, c, "ed-x5c"), "accepted"},
+		{"RS256, no kid", sign(t, jwt.SigningMethodRS256, keys.rsa, c, ""), "accepted"},
+		{"ES256 by the EC key, kid of the secp256k1 key", sign(t, jwt.SigningMethodES256, keys.ec, c, "secp256k1"), "invalid"},
+		{"RS256 by the key whose certificate is another's, its kid", sign(t, jwt.SigningMethodRS256, rotationKeys()[1], c, "x5c-other"), "invalid"},
+		{"RS256 by that key, no kid", sign(t, jwt.SigningMethodRS256, rotationKeys()[1], c, ""), "invalid"},
+	}
+	keySetSites(t, keySetOf(members...), "", func(t *testing.T, addr, set string, logged func() []map[string]any) {
+		runTokenCases(t, addr, "close", cases)
+		entries := logged()
+		for kid := range bad {
+			if findLog(entries, map[string]string{"msg": "skipping a key", "kid": kid, "set": set}) == nil {
+				t.Errorf("no warning names the skipped key %q of %s", kid, set)
+			}
+		}
+		for _, kid := range []string{"rsa-1", "ed-x5c"} {
+			if e := findLog(entries, map[string]string{"msg": "skipping a key", "kid": kid}); e != nil {
+				t.Errorf("the usable key %q was skipped: %v", kid, e)
+			}
+		}
+	})
+
+	// A refresh that brings a new key next to one that cannot be used
+	// brings the new key.
+	t.Run("jwks refresh", func(t *testing.T) {
+		next := rotationKeys()[0]
+		srv := newJWKSServer(t, standardSet(t)...)
+		up := newUpstream(t)
+		addr, logged := startCaddyLogged(t, jwksSite(srv.URL, "100ms", ""), up.addr())
+		srv.setBody(keySetOf(append(members, mustJSON(jwkOf(t, &next.PublicKey, "rsa-2", jwkset.AlgRS256)))...))
+		srv.waitFetches(t, srv.fetches.Load()+2)
+		runTokenCases(t, addr, "close", append(cases,
+			attackCase{"RS256 by the new key, its kid", sign(t, jwt.SigningMethodRS256, next, c, "rsa-2"), "accepted"}))
+		if findLog(logged(), map[string]string{"msg": "skipping a key", "kid": "secp256k1", "set": "jwks " + srv.URL}) == nil {
+			t.Errorf("no warning names the skipped key")
+		}
+	})
+
+	// A set where no key can be used is a failed fetch: the last good
+	// set keeps serving.
+	t.Run("jwks refresh without a usable key", func(t *testing.T) {
+		srv := newJWKSServer(t, standardSet(t)...)
+		up := newUpstream(t)
+		addr, logged := startCaddyLogged(t, jwksSite(srv.URL, "100ms", ""), up.addr())
+		var only []string
+		for _, m := range bad {
+			only = append(only, m)
+		}
+		srv.setBody(keySetOf(only...))
+		srv.waitFetches(t, srv.fetches.Load()+2)
+		runTokenCases(t, addr, "close", []attackCase{cases[0], cases[1], cases[2], cases[4]})
+		if findLog(logged(), map[string]string{"msg": "serving the last good set", "url": srv.URL}) == nil {
+			t.Errorf("no warning that the last good set is serving")
+		}
+	})
+}
+
+// TestParseKeySet: a JWK Set is parsed key by key, as jwkset parses a
+// fetched set: the keys it refuses are skipped with their index, kid and
+// reason, an Ed25519 key with a certificate is given alg EdDSA, and a
+// fetched set is handed to jwkset without the skipped keys (unchanged when
+// none is), or refused when no key is left.
+func TestParseKeySet(t *testing.T) {
+	bad := unusableKeys(t)
+	good := jwkMembers(standardSet(t)...)
+	members := []string{good[0], good[1], bad["secp256k1"], "42", ed25519WithCert(t, "ed-x5c", ""), bad["x5c-string"], good[2]}
+	keys, skipped, amended, err := parseKeySet(keySetOf(members...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kids []string
+	for _, k := range keys {
+		kids = append(kids, k.Marshal().KID)
+		if k.Marshal().KID == "ed-x5c" && k.Marshal().ALG != jwkset.AlgEdDSA {
+			t.Errorf("the Ed25519 key with a certificate has alg %q, want EdDSA", k.Marshal().ALG)
+		}
+	}
+	if got, want := strings.Join(kids, " "), "rsa-1 rsa-any ed-x5c ec-1"; got != want {
+		t.Errorf("kept %q, want %q", got, want)
+	}
+	var got []string
+	for _, s := range skipped {
+		got = append(got, fmt.Sprintf("%d %s", s.index, s.kid))
+	}
+	if g, want := strings.Join(got, ", "), "2 secp256k1, 3 , 5 x5c-string"; g != want {
+		t.Errorf("skipped %q, want %q", g, want)
+	}
+	if !amended {
+		t.Errorf("the Ed25519 key with a certificate was not amended")
+	}
+	if l := skippedList(skipped); !strings.Contains(l, `key 3, kid "secp256k1": `) || !strings.Contains(l, "secp256k1\"") {
+		t.Errorf("skippedList = %q", l)
+	}
+	for _, raw := range []string{`[]`, `{"keys":{}}`, `{"keys":[`, `"keys"`} {
+		if _, _, _, err := parseKeySet([]byte(raw)); err == nil {
+			t.Errorf("parseKeySet(%s): no error", raw)
+		}
+	}
+
+	// What a fetch hands jwkset.
+	const set = "jwks https://idp.example/jwks"
+	for name, body := range map[string][]byte{
+		"every key usable": keySetOf(good...),
+		"no keys":          []byte(`{"keys":[]}`),
+		"not a set":        []byte(`{"issuer":"https://idp.example","jwks_uri":"https://idp.example/jwks"}`),
+		"not JSON":         []byte(`{"keys": [`),
+	} {
+		out, err := usableKeySet(body, set)
+		if err != nil || !bytes.Equal(out, body) {
+			t.Errorf("%s: usableKeySet changed the body (error %v)", name, err)
+		}
+	}
+	out, err := usableKeySet(keySetOf(members...), set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var parsed jwkset.JWKSMarshal
+	if err := json.Unmarshal(out, &parsed); err != nil {
+		t.Fatal(err)
+	}
+	kids = nil
+	for _, m := range parsed.Keys {
+		// As jwkset parses a fetched set: any error fails it whole.
+		if _, err := jwkset.NewJWKFromMarshal(m, jwkset.JWKMarshalOptions{Private: true}, jwkset.JWKValidateOptions{}); err != nil {
+			t.Errorf("jwkset refuses key %q of the set handed to it: %v", m.KID, err)
+		}
+		kids = append(kids, m.KID)
+	}
+	if got, want := strings.Join(kids, " "), "rsa-1 rsa-any ed-x5c ec-1"; got != want {
+		t.Errorf("handed jwkset %q, want %q", got, want)
+	}
+	if _, err := usableKeySet(keySetOf(bad["secp256k1"], bad["off-curve"]), set); err == nil ||
+		!strings.Contains(err.Error(), "no usable key") || !strings.Contains(err.Error(), `kid "off-curve"`) {
+		t.Errorf("a set without a usable key: %v, want an error naming its keys", err)
+	}
+}
