@@ -263,19 +263,21 @@ func (k *keyring) lookup(alg, kid string) (any, error) {
 	}
 
 	if kid != "" {
-		for _, set := range k.sets {
+		for i, set := range k.sets {
 			jwk, err := set.kf.Storage().KeyRead(k.ctx, kid)
 			if err != nil {
 				continue
 			}
-			if a := jwk.Marshal().ALG.String(); a != "" && a != alg {
-				return nil, fmt.Errorf("key %q is for %s, token uses %s", truncate(kid, 64), a, alg)
+			key, err := setKeyFor(set, jwk, alg)
+			if err == nil {
+				return key, nil
 			}
-			key, ok := setKey(set, jwk, alg)
-			if !ok {
-				return nil, fmt.Errorf("key %q cannot verify %s", truncate(kid, 64), alg)
+			// A kid may be listed twice (the same key for enc and for
+			// sig, or for two algs): another key of that kid may fit.
+			if key, ok := k.otherWithKID(k.sets[i:], kid, alg); ok {
+				return key, nil
 			}
-			return key, nil
+			return nil, err
 		}
 		if static != nil {
 			return static, nil
@@ -504,6 +506,43 @@ func (w *skipWarned) due(set string, skipped []skippedKey) bool {
 	}
 	w.last[set] = skipWarning{keys: keys, at: t}
 	return true
+}
+
+// setKeyFor is setKey for a key that a token names by its kid, with an
+// error that says why the key does not fit: its alg is another, or it is
+// not a signing key of the algorithm's type.
+func setKeyFor(set jwkSource, jwk jwkset.JWK, alg string) (any, error) {
+	kid := truncate(jwk.Marshal().KID, 64)
+	if a := jwk.Marshal().ALG.String(); a != "" && a != alg {
+		return nil, fmt.Errorf("key %q is for %s, token uses %s", kid, a, alg)
+	}
+	key, ok := setKey(set, jwk, alg)
+	if !ok {
+		return nil, fmt.Errorf("key %q cannot verify %s", kid, alg)
+	}
+	return key, nil
+}
+
+// otherWithKID looks through every key of sets for one of this kid that
+// fits alg, whatever its place: a set's KeyRead gives the first key of a
+// kid alone. It is called only when that first key does not fit, and
+// fetches nothing.
+func (k *keyring) otherWithKID(sets []jwkSource, kid, alg string) (any, bool) {
+	for _, set := range sets {
+		all, err := set.kf.Storage().KeyReadAll(k.ctx)
+		if err != nil {
+			continue
+		}
+		for _, jwk := range all {
+			if jwk.Marshal().KID != kid {
+				continue
+			}
+			if key, err := setKeyFor(set, jwk, alg); err == nil {
+				return key, true
+			}
+		}
+	}
+	return nil, false
 }
 
 // setKey returns the public key of a key set's JWK if it may verify alg:

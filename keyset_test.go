@@ -333,3 +333,39 @@ func TestParseKeySet(t *testing.T) {
 		t.Errorf("a set without a usable key: %v, want an error naming its keys", err)
 	}
 }
+
+// TestKeySetDuplicateKID: a kid listed twice (the same key for enc and for
+// sig, one key for two algs, two keys) picks the key whose use and alg fit
+// the token, whatever the order of the set.
+func TestKeySetDuplicateKID(t *testing.T) {
+	keys := testKeys()
+	other := rotationKeys()[0]
+	enc := jwkUse(t, &keys.rsa.PublicKey, "dup", jwkset.AlgRSAOAEP, jwkset.UseEnc)
+	sig := jwkUse(t, &keys.rsa.PublicKey, "dup", jwkset.AlgRS256, jwkset.UseSig)
+	rs := jwkUse(t, &other.PublicKey, "two-algs", jwkset.AlgRS256, "")
+	ps := jwkUse(t, &other.PublicKey, "two-algs", jwkset.AlgPS256, "")
+	ec := jwkUse(t, &keys.ec.PublicKey, "two-keys", jwkset.AlgES256, "")
+	ed := jwkUse(t, keys.ed.Public(), "two-keys", jwkset.AlgEdDSA, "")
+	c := claims("alice")
+	cases := []attackCase{
+		{"RS256, kid listed for enc and for sig", sign(t, jwt.SigningMethodRS256, keys.rsa, c, "dup"), "accepted"},
+		{"PS256, kid listed for enc and for RS256", sign(t, jwt.SigningMethodPS256, keys.rsa, c, "dup"), "invalid"},
+		{"RS256 by another key, kid listed for enc and for sig", sign(t, jwt.SigningMethodRS256, other, c, "dup"), "invalid"},
+		{"RS256, kid listed for RS256 and PS256", sign(t, jwt.SigningMethodRS256, other, c, "two-algs"), "accepted"},
+		{"PS256, kid listed for RS256 and PS256", sign(t, jwt.SigningMethodPS256, other, c, "two-algs"), "accepted"},
+		{"RS384, kid listed for RS256 and PS256", sign(t, jwt.SigningMethodRS384, other, c, "two-algs"), "invalid"},
+		{"ES256, kid of an EC and an Ed25519 key", sign(t, jwt.SigningMethodES256, keys.ec, c, "two-keys"), "accepted"},
+		{"EdDSA, kid of an EC and an Ed25519 key", sign(t, jwt.SigningMethodEdDSA, keys.ed, c, "two-keys"), "accepted"},
+		{"RS256 by the RSA key, kid of an EC and an Ed25519 key", sign(t, jwt.SigningMethodRS256, keys.rsa, c, "two-keys"), "invalid"},
+	}
+	for name, set := range map[string][]jwkset.JWKMarshal{
+		"enc first": {enc, sig, rs, ps, ec, ed},
+		"sig first": {sig, enc, ps, rs, ed, ec},
+	} {
+		t.Run(name, func(t *testing.T) {
+			keySetSites(t, jwkSetJSON(t, set...), "", func(t *testing.T, addr, _ string, _ func() []map[string]any) {
+				runTokenCases(t, addr, "close", cases)
+			})
+		})
+	}
+}
