@@ -216,9 +216,37 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, er
 		return nil, errNoKeyConfigured
 	}
 	if len(k.sets) > 0 {
-		k.setAlgs = jwksDefault
+		k.setAlgs = append(slices.Clone(jwksDefault), k.symmetricAlgs()...)
 	}
 	return k, nil
+}
+
+// symmetricAlgs is what the symmetric ("oct") signing keys of the local
+// sets may verify: the HMAC algorithm of a key's alg, or all three for a
+// key without one. Those of a remote set are never used (setKey).
+func (k *keyring) symmetricAlgs() []string {
+	var algs []string
+	for _, set := range k.sets {
+		if set.remote {
+			continue
+		}
+		all, err := set.kf.Storage().KeyReadAll(k.ctx)
+		if err != nil {
+			continue
+		}
+		for _, jwk := range all {
+			m := jwk.Marshal()
+			if _, sym := jwk.Key().([]byte); !sym || m.USE != "" && m.USE != jwkset.UseSig {
+				continue
+			}
+			for _, alg := range hmacAlgs {
+				if (m.ALG == "" || m.ALG.String() == alg) && !slices.Contains(algs, alg) {
+					algs = append(algs, alg)
+				}
+			}
+		}
+	}
+	return algs
 }
 
 // allowedAlgorithms returns the algorithms tokens may use: the configured

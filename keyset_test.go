@@ -369,3 +369,40 @@ func TestKeySetDuplicateKID(t *testing.T) {
 		})
 	}
 }
+
+// octMember is a symmetric key as a JWK, with alg if not empty.
+func octMember(kid string, key []byte, alg string) string {
+	m := map[string]any{"kty": "oct", "kid": kid, "k": b64url(key)}
+	if alg != "" {
+		m["alg"] = alg
+	}
+	return mustJSON(m)
+}
+
+// TestKeySetSymmetricDefault: an oct key in a jwks_file makes the HMAC
+// algorithms it may verify part of the default algorithms, as "what the
+// keys can verify" promises; one served over HTTP is never used.
+func TestKeySetSymmetricDefault(t *testing.T) {
+	keys := testKeys()
+	anyHS := []byte("an-oct-key-of-at-least-32-bytes-for-any-HS")
+	only256 := []byte("another-oct-key-at-least-32-bytes-for-HS256")
+	body := keySetOf(append(jwkMembers(jwkOf(t, &keys.rsa.PublicKey, "rsa-1", jwkset.AlgRS256)),
+		octMember("hmac", anyHS, ""), octMember("hmac-256", only256, "HS256"))...)
+	c := claims("alice")
+	keySetSites(t, body, "", func(t *testing.T, addr, set string, _ func() []map[string]any) {
+		fromFile := strings.HasPrefix(set, "jwks_file")
+		want := "accepted"
+		if !fromFile {
+			want = "invalid"
+		}
+		runTokenCases(t, addr, "close", []attackCase{
+			{"HS256, kid of the oct key", sign(t, jwt.SigningMethodHS256, anyHS, c, "hmac"), want},
+			{"HS384, kid of the oct key", sign(t, jwt.SigningMethodHS384, anyHS, c, "hmac"), want},
+			{"HS512, no kid", sign(t, jwt.SigningMethodHS512, anyHS, c, ""), want},
+			{"HS256, kid of the HS256 key", sign(t, jwt.SigningMethodHS256, only256, c, "hmac-256"), want},
+			{"HS512, kid of the HS256 key", sign(t, jwt.SigningMethodHS512, only256, c, "hmac-256"), "invalid"},
+			{"HS256 by another secret, kid of the oct key", sign(t, jwt.SigningMethodHS256, []byte("made-up-secret-of-at-least-32-bytes!"), c, "hmac"), "invalid"},
+			{"RS256, kid", sign(t, jwt.SigningMethodRS256, keys.rsa, c, "rsa-1"), "accepted"},
+		})
+	})
+}
