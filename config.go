@@ -5,8 +5,6 @@ import (
 	"net/url"
 	"strings"
 	"time"
-
-	"github.com/golang-jwt/jwt/v5"
 )
 
 // checkConfig applies every rule that the configuration alone decides,
@@ -123,12 +121,12 @@ func checkCookieOrigins(sources []TokenSource, origins []string) error {
 }
 
 // checkAlgorithm is the rule for a name in the algorithms allow-list:
-// one that golang-jwt knows, and never "none".
+// one that golang-jwt knows, or Ed25519 (signingMethod), and never "none".
 func checkAlgorithm(alg string) error {
 	if strings.EqualFold(alg, "none") {
 		return fmt.Errorf("algorithms: 'none' is never accepted")
 	}
-	if jwt.GetSigningMethod(alg) == nil {
+	if signingMethod(alg) == nil {
 		return fmt.Errorf("algorithms: unknown algorithm %q", alg)
 	}
 	return nil

@@ -47,14 +47,47 @@ var (
 
 // algEd25519 is RFC 9864's fully-specified name of EdDSA with an Ed25519
 // key. It is the only EdDSA that golang-jwt verifies, so here the two
-// names are one algorithm.
+// names are one algorithm: in a token's header, in a key set's alg and in
+// the algorithms option, where either allows both.
 const algEd25519 = "Ed25519"
+
+// canonicalAlg is the name that keys and golang-jwt know alg by: EdDSA
+// for Ed25519, any other as it is.
+func canonicalAlg(alg string) string {
+	if alg == algEd25519 {
+		return "EdDSA"
+	}
+	return alg
+}
+
+// signingMethod is golang-jwt's method for alg, or nil. Ed25519 is
+// mapped here rather than registered with golang-jwt, whose registry
+// other modules of the process share.
+func signingMethod(alg string) jwt.SigningMethod {
+	return jwt.GetSigningMethod(canonicalAlg(alg))
+}
+
+// withAlgNames is algs in canonical names, each once, with Ed25519 next
+// to EdDSA: the names a token's header may use.
+func withAlgNames(algs []string) []string {
+	out := make([]string, 0, len(algs)+1)
+	for _, alg := range algs {
+		if alg = canonicalAlg(alg); !slices.Contains(out, alg) {
+			out = append(out, alg)
+		}
+	}
+	if slices.Contains(out, "EdDSA") {
+		out = append(out, algEd25519)
+	}
+	return out
+}
 
 // errNoKeyConfigured is the error for a handler without any key source.
 var errNoKeyConfigured = errors.New("no key configured: need secret, public_key, jwks or jwks_file")
 
 // isAsymmetric reports whether alg is verified with a public key.
 func isAsymmetric(alg string) bool {
+	alg = canonicalAlg(alg)
 	for _, a := range ecdsaAlgs {
 		if a == alg {
 			return true
@@ -263,23 +296,25 @@ func (k *keyring) allowedAlgorithms(configured []string) ([]string, error) {
 			}
 		}
 		slices.Sort(algs)
-		return algs, nil
+		return withAlgNames(algs), nil
 	}
 	// Names and "none" were refused by checkAlgorithm (checkConfig).
 	for _, alg := range configured {
-		_, static := k.static[alg]
+		_, static := k.static[canonicalAlg(alg)]
 		// A key set may hold symmetric ("oct") keys, so HS* is allowed with
 		// one when written explicitly.
 		if !static && len(k.sets) == 0 {
 			return nil, fmt.Errorf("algorithms: no configured key can verify %s", alg)
 		}
 	}
-	k.setAlgs = configured
-	return configured, nil
+	names := withAlgNames(configured)
+	k.setAlgs = names
+	return names, nil
 }
 
 // lookup returns the key, or a jwt.VerificationKeySet of keys, that may
-// verify a token of alg with the header kid. It never touches the network
+// verify a token of alg (a canonical name: golang-jwt's) with the header
+// kid. It never touches the network
 // except through a key set's rate-limited refetch for an unknown kid.
 func (k *keyring) lookup(alg, kid string) (any, error) {
 	static := k.static[alg]
@@ -331,7 +366,7 @@ func (k *keyring) lookup(alg, kid string) (any, error) {
 			continue
 		}
 		for _, jwk := range all {
-			if a := jwk.Marshal().ALG.String(); a != "" && a != alg {
+			if a := jwk.Marshal().ALG.String(); a != "" && canonicalAlg(a) != alg {
 				continue
 			}
 			if key, ok := setKey(ks, jwk, alg); ok {
@@ -541,7 +576,7 @@ func (w *skipWarned) due(set string, skipped []skippedKey) bool {
 // not a signing key of the algorithm's type.
 func setKeyFor(set jwkSource, jwk jwkset.JWK, alg string) (any, error) {
 	kid := truncate(jwk.Marshal().KID, 64)
-	if a := jwk.Marshal().ALG.String(); a != "" && a != alg {
+	if a := jwk.Marshal().ALG.String(); a != "" && canonicalAlg(a) != alg {
 		return nil, fmt.Errorf("key %q is for %s, token uses %s", kid, a, alg)
 	}
 	key, ok := setKey(set, jwk, alg)

@@ -406,3 +406,79 @@ func TestKeySetSymmetricDefault(t *testing.T) {
 		})
 	})
 }
+
+// signAs signs an Ed25519 token whose header names alg, which golang-jwt
+// only writes as EdDSA.
+func signAs(t testing.TB, alg string, key ed25519.PrivateKey, kid string, c jwt.MapClaims) string {
+	t.Helper()
+	h := map[string]any{"alg": alg, "typ": "JWT"}
+	if kid != "" {
+		h["kid"] = kid
+	}
+	signing := b64url([]byte(mustJSON(h))) + "." + b64url([]byte(mustJSON(c)))
+	sig, err := jwt.SigningMethodEdDSA.Sign(signing, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signing + "." + b64url(sig)
+}
+
+// TestEd25519AlgorithmName: RFC 9864's name Ed25519 is EdDSA with an
+// Ed25519 key: accepted in a token's header, in a key set's alg and in the
+// algorithms option, where either name allows both.
+func TestEd25519AlgorithmName(t *testing.T) {
+	keys := testKeys()
+	_, evil, _ := ed25519.GenerateKey(nil)
+	pemFile := writePublicPEM(t, keys.ed.Public())
+	c := claims("alice")
+	byPEM := []attackCase{
+		{"alg Ed25519", signAs(t, "Ed25519", keys.ed, "", c), "accepted"},
+		{"alg EdDSA", signAs(t, "EdDSA", keys.ed, "", c), "accepted"},
+		{"alg Ed25519 by another key", signAs(t, "Ed25519", evil, "", c), "invalid"},
+		{"alg ed25519", signAs(t, "ed25519", keys.ed, "", c), "invalid"},
+	}
+	for _, opts := range []string{"", "algorithms Ed25519", "algorithms EdDSA"} {
+		t.Run("public_key "+opts, func(t *testing.T) {
+			up := newUpstream(t)
+			addr := startCaddy(t, "\tws_auth {\n\t\tpublic_key "+pemFile+"\n\t\t"+opts+"\n\t}\n\treverse_proxy %UPSTREAM%", up.addr())
+			checkUpstreamSaw(t, up, runTokenCases(t, addr, "close", byPEM))
+		})
+	}
+
+	pub := b64url(keys.ed.Public().(ed25519.PublicKey))
+	body := keySetOf(
+		`{"kty":"OKP","crv":"Ed25519","kid":"ed-new","use":"sig","alg":"Ed25519","x":"`+pub+`"}`,
+		ed25519WithCert(t, "ed-x5c-new", "Ed25519"),
+		`{"kty":"OKP","crv":"Ed25519","kid":"ed-old","alg":"EdDSA","x":"`+pub+`"}`,
+		mustJSON(jwkOf(t, &keys.rsa.PublicKey, "rsa-1", jwkset.AlgRS256)),
+	)
+	var cases []attackCase
+	for _, kid := range []string{"ed-new", "ed-x5c-new", "ed-old", ""} {
+		for _, alg := range []string{"Ed25519", "EdDSA"} {
+			cases = append(cases, attackCase{"alg " + alg + ", kid " + kid, signAs(t, alg, keys.ed, kid, c), "accepted"})
+		}
+	}
+	cases = append(cases,
+		attackCase{"alg Ed25519 by another key, kid", signAs(t, "Ed25519", evil, "ed-new", c), "invalid"},
+		attackCase{"RS256, kid of a key for Ed25519", sign(t, jwt.SigningMethodRS256, keys.rsa, c, "ed-new"), "invalid"},
+		attackCase{"RS256, kid", sign(t, jwt.SigningMethodRS256, keys.rsa, c, "rsa-1"), "accepted"},
+	)
+	keySetSites(t, body, "", func(t *testing.T, addr, _ string, _ func() []map[string]any) {
+		runTokenCases(t, addr, "close", cases)
+	})
+
+	t.Run("option", func(t *testing.T) {
+		stage, err := validateSite("\tws_auth {\n\t\tsecret " + validateSecret + "\n\t\talgorithms Ed25519\n\t}")
+		if want := "algorithms: no configured key can verify Ed25519: it needs a public_key"; err == nil || stage != "adapt" || !strings.Contains(err.Error(), want) {
+			t.Errorf("algorithms Ed25519 with only a secret: error at %s: %v, want at adapt: %q", stage, err, want)
+		}
+		js := `{"handler":"ws_auth","public_keys":["` + pemFile + `"],"algorithms":["Ed25519"]}`
+		if err := validateJSON(handlerConfig(js)); err != nil {
+			t.Errorf("JSON algorithms Ed25519: %v", err)
+		}
+		js = `{"handler":"ws_auth","public_keys":["` + writePublicPEM(t, &keys.rsa.PublicKey) + `"],"algorithms":["Ed25519"]}`
+		if err := validateJSON(handlerConfig(js)); err == nil || !strings.Contains(err.Error(), "no configured key can verify Ed25519") {
+			t.Errorf("JSON algorithms Ed25519 with an RSA key: %v", err)
+		}
+	})
+}

@@ -65,7 +65,9 @@ type Handler struct {
 
 	// The signing algorithms accepted. Default: every algorithm that the
 	// configured keys can verify. An algorithm that no configured key can
-	// verify is a configuration error; "none" is never accepted.
+	// verify is a configuration error; "none" is never accepted. Ed25519
+	// (RFC 9864) and EdDSA name one algorithm, EdDSA with an Ed25519 key:
+	// either allows tokens whose header names the one or the other.
 	Algorithms []string `json:"algorithms,omitempty"`
 
 	// If set, the token's `iss` must be one of these.
@@ -386,7 +388,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// configured list; the default list holds what keys verify.
 	h.methods = make(map[string]jwt.SigningMethod, len(algs))
 	for _, alg := range algs {
-		m := jwt.GetSigningMethod(alg)
+		m := signingMethod(alg)
 		if m == nil {
 			return fmt.Errorf("algorithms: no implementation of %q", alg)
 		}
