@@ -167,6 +167,32 @@ func jwksName(raw string) string {
 	return "jwks"
 }
 
+// shownJWKS names a configured key set URL that may not parse in an
+// error: "jwks" and the URL without what may be a credential (a query, a
+// fragment, a user and password).
+func shownJWKS(raw string) string {
+	if raw == "" {
+		return "jwks"
+	}
+	s, _, _ := strings.Cut(raw, "?")
+	s, _, _ = strings.Cut(s, "#")
+	scheme, rest, ok := strings.Cut(s, "://")
+	if !ok {
+		scheme, rest = "", s
+	}
+	end := strings.IndexByte(rest, '/')
+	if end < 0 {
+		end = len(rest)
+	}
+	if at := strings.LastIndexByte(rest[:end], '@'); at >= 0 {
+		rest = rest[at+1:]
+	}
+	if ok {
+		rest = scheme + "://" + rest
+	}
+	return "jwks " + truncate(rest, 200)
+}
+
 // maxLeeway bounds leeway: beyond an hour of clock skew, exp no longer
 // means much.
 const maxLeeway = time.Hour

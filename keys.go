@@ -165,7 +165,8 @@ type keyring struct {
 // them panics.
 type jwkSource struct {
 	kf     keyfunc.Keyfunc
-	remote bool // fetched over HTTP
+	remote bool   // fetched over HTTP
+	name   string // the option and its file or URL, for errors
 }
 
 func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, err error) {
@@ -227,7 +228,7 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, er
 		if err != nil {
 			return nil, err
 		}
-		k.sets = append(k.sets, jwkSource{kf: kf})
+		k.sets = append(k.sets, jwkSource{kf: kf, name: "jwks_file " + file})
 	}
 
 	for _, src := range h.JWKS {
@@ -239,7 +240,7 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, er
 			return nil, err
 		}
 		k.poolKeys = append(k.poolKeys, poolKey)
-		k.sets = append(k.sets, jwkSource{kf: kf, remote: true})
+		k.sets = append(k.sets, jwkSource{kf: kf, remote: true, name: jwksName(resolved.URL)})
 	}
 	if len(h.JWKS) > 0 && len(h.Issuers) == 0 && len(h.Audiences) == 0 {
 		logger.Warn("jwks without issuer or audience: any token of this key set is accepted, including those minted for other applications")
@@ -345,8 +346,8 @@ func (k *keyring) lookup(alg, kid string) (any, error) {
 		if static != nil {
 			return static, nil
 		}
-		if k.unfetched() {
-			return nil, errKeysUnavailable
+		if err := k.unfetched(); err != nil {
+			return nil, err
 		}
 		return nil, fmt.Errorf("unknown kid %q", truncate(kid, 64))
 	}
@@ -375,8 +376,8 @@ func (k *keyring) lookup(alg, kid string) (any, error) {
 		}
 	}
 	if len(set.Keys) == 0 {
-		if k.unfetched() {
-			return nil, errKeysUnavailable
+		if err := k.unfetched(); err != nil {
+			return nil, err
 		}
 		return nil, errNoKey
 	}
@@ -532,6 +533,22 @@ func usableKeySet(body []byte, set string) ([]byte, error) {
 	return json.Marshal(out)
 }
 
+// warnFetchFailed logs a failed fetch of the remote set at url, saying
+// whether its last good keys keep serving or no keys were fetched yet (and
+// handshakes that need them are refused as unavailable). kf is the set,
+// nil while its first fetch runs.
+func warnFetchFailed(url string, kf keyfunc.Keyfunc, err error) {
+	logger := caddy.Log().Named("http.handlers.ws_auth")
+	if kf != nil {
+		if all, _ := kf.Storage().KeyReadAll(context.Background()); len(all) > 0 {
+			logger.Warn("fetching JWK Set failed; serving the last good set", zap.String("url", url), zap.Error(err))
+			return
+		}
+	}
+	logger.Warn("fetching JWK Set failed; no keys fetched yet: handshakes that need them are refused as unavailable",
+		zap.String("url", url), zap.Error(err))
+}
+
 // skipWarnings keeps a remote set, fetched every refresh and on unknown
 // kids, from warning of the same skipped keys each time: a warning is
 // repeated when the skipped keys change, or after skipWarnEvery.
@@ -626,21 +643,25 @@ func setKey(set jwkSource, jwk jwkset.JWK, alg string) (any, bool) {
 	return key, keyFits(alg, key)
 }
 
-// unfetched reports whether a remote key set holds no key yet, that is
-// was never fetched. A token that no key we have verifies may then be
-// signed by one of its keys: the failure is ours, not the client's. Only
-// remote sets count: a local set (jwks_file) with keys says nothing of
-// the keys a remote one would bring.
-func (k *keyring) unfetched() bool {
+// unfetched returns errKeysUnavailable, naming the set, if a remote key
+// set holds no key yet, that is was never fetched; else nil. A token that
+// no key we have verifies may then be signed by one of its keys: the
+// failure is ours, not the client's. Only remote sets count: a local set
+// (jwks_file) with keys says nothing of the keys a remote one would bring.
+func (k *keyring) unfetched() error {
 	for _, set := range k.sets {
 		if !set.remote {
 			continue
 		}
 		if all, err := set.kf.Storage().KeyReadAll(k.ctx); err != nil || len(all) == 0 {
-			return true
+			name := set.name
+			if name == "" {
+				name = "a remote key set"
+			}
+			return fmt.Errorf("%w: no keys fetched yet from %s", errKeysUnavailable, name)
 		}
 	}
-	return false
+	return nil
 }
 
 // close releases the pooled remote key sets.

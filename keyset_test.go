@@ -482,3 +482,72 @@ func TestEd25519AlgorithmName(t *testing.T) {
 		}
 	})
 }
+
+// TestKeySetErrorsNameTheSet: what an operator reads names the key set it
+// is about: a refusal for keys that were never fetched, the warning of a
+// failed fetch (which says whether a last good set serves), a load error.
+func TestKeySetErrorsNameTheSet(t *testing.T) {
+	keys := testKeys()
+	tok := sign(t, jwt.SigningMethodRS256, keys.rsa, claims("alice"), "rsa-1")
+	t.Run("never fetched", func(t *testing.T) {
+		url := fmt.Sprintf("http://127.0.0.1:%d/jwks", freePort(t)) // nothing listens there
+		up := newUpstream(t)
+		addr, logged := startCaddyLogged(t, jwksSite(url, "100ms", ""), up.addr())
+		runTokenCases(t, addr, "close", []attackCase{{"RS256, kid", tok, "unavailable"}})
+		entries := logged()
+		if e := findLog(entries, map[string]string{"msg": "websocket refused", "reason": "unavailable"}); e == nil {
+			t.Errorf("no refusal logged")
+		} else if d, _ := e["detail"].(string); !strings.Contains(d, "signing keys unavailable") || !strings.Contains(d, "jwks "+url) {
+			t.Errorf("refusal detail %q does not name the key set %s", d, url)
+		}
+		e := findLog(entries, map[string]string{"msg": "fetching JWK Set failed", "url": url})
+		if e == nil {
+			t.Fatalf("no warning of the failed fetch")
+		}
+		if msg := e["msg"].(string); strings.Contains(msg, "last good set") || !strings.Contains(msg, "no keys fetched yet") {
+			t.Errorf("warning %q, want it to say that no keys were fetched yet", msg)
+		}
+	})
+	t.Run("fetched once", func(t *testing.T) {
+		srv := newJWKSServer(t, standardSet(t)...)
+		up := newUpstream(t)
+		addr, logged := startCaddyLogged(t, jwksSite(srv.URL, "100ms", ""), up.addr())
+		srv.setMode("500")
+		srv.waitFetches(t, srv.fetches.Load()+2)
+		runTokenCases(t, addr, "close", []attackCase{{"RS256, kid", tok, "accepted"}})
+		if findLog(logged(), map[string]string{"msg": "fetching JWK Set failed; serving the last good set", "url": srv.URL}) == nil {
+			t.Errorf("no warning that the last good set serves")
+		}
+	})
+	t.Run("jwks_file without a usable key", func(t *testing.T) {
+		var bad []string
+		for _, m := range unusableKeys(t) {
+			bad = append(bad, m)
+		}
+		file := writeKeySet(t, keySetOf(bad...))
+		err := loadMustFail(t, "ws_auth {\n\t\tjwks_file "+file+"\n\t}\n\treverse_proxy %UPSTREAM%")
+		for _, w := range []string{"jwks_file " + file + ": no usable key", "secp256k1", "off-curve"} {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("error %q does not contain %q", err, w)
+			}
+		}
+	})
+	t.Run("jwks not a URL", func(t *testing.T) {
+		stage, err := validateSite("\tws_auth {\n\t\tjwks idp.example.com/jwks.json\n\t}")
+		if want := "jwks idp.example.com/jwks.json: not a URL"; err == nil || stage != "adapt" || !strings.Contains(err.Error(), want) {
+			t.Errorf("error at %s: %v, want at adapt: %q", stage, err, want)
+		}
+		// The URL is shown without what may be a credential.
+		for raw, want := range map[string]string{
+			"user:secret@idp.example.com/jwks?key=secret#secret": "jwks idp.example.com/jwks: not a URL",
+			"https://user:secret@/jwks?key=secret":               "jwks https:///jwks: not a URL",
+			"https://idp.example.com/%zz?key=secret":             "jwks https://idp.example.com/%zz: not a URL",
+			"":                                                   "jwks: not a URL",
+		} {
+			_, err := checkJWKSURL(raw)
+			if err == nil || !strings.HasPrefix(err.Error(), want) || strings.Contains(err.Error(), "secret") {
+				t.Errorf("checkJWKSURL(%q) = %v, want %q and no secret", raw, err, want)
+			}
+		}
+	})
+}
