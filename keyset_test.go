@@ -551,3 +551,59 @@ func TestKeySetErrorsNameTheSet(t *testing.T) {
 		}
 	})
 }
+
+// entraClaims are the claims of an Entra ID (v2) access token of a user in
+// groups groups and roles app roles: Entra lists up to 200 group object
+// IDs in a JWT, then sends an overage claim instead.
+func entraClaims(groups, roles int) jwt.MapClaims {
+	c := claims("9f1c2a6e-3b1d-4c59-9a77-0d1f4e8b2c31", func(c jwt.MapClaims) {
+		c["aud"] = "api://2f0c5b1e-8a4d-4e2b-9c7f-6d3e1a0b5c48"
+		c["iss"] = "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0"
+		c["aio"] = strings.Repeat("AWQAm/8Y", 17)
+		c["azp"] = "2f0c5b1e-8a4d-4e2b-9c7f-6d3e1a0b5c48"
+		c["azpacr"] = "0"
+		c["name"] = "Alice Example"
+		c["oid"] = "9f1c2a6e-3b1d-4c59-9a77-0d1f4e8b2c31"
+		c["preferred_username"] = "alice@contoso.example"
+		c["rh"] = "1.AXEAv4j5cvGGr0GRqy180BHbR0W5bB4KjU5OnH9tPhoLXEhxAB8."
+		c["scp"] = "chat.read chat.write"
+		c["tid"] = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+		c["uti"] = "3dBbmXq0p0ujnPzCqJQvAA"
+		c["ver"] = "2.0"
+		c["wids"] = []string{"b79fbf4d-3ef9-4689-8143-76b194e85509"}
+	})
+	var gs, rs []string
+	for i := range groups {
+		gs = append(gs, fmt.Sprintf("%08x-3b1d-4c59-9a77-0d1f4e8b2c31", i))
+	}
+	for i := range roles {
+		rs = append(rs, fmt.Sprintf("Chat.Room%03d.ReadWrite", i))
+	}
+	c["groups"] = gs
+	if roles > 0 {
+		c["roles"] = rs
+	}
+	return c
+}
+
+// TestMaxTokenSizeDefault: the default max_token_size holds the largest
+// tokens providers issue: an Entra ID token at its 200 groups with app
+// roles; a token beyond it is refused as invalid.
+func TestMaxTokenSizeDefault(t *testing.T) {
+	keys := testKeys()
+	pemFile := writePublicPEM(t, &keys.rsa.PublicKey)
+	rs := func(c jwt.MapClaims) string { return sign(t, jwt.SigningMethodRS256, keys.rsa, c, "entra-key-id-1") }
+	e150, e200 := rs(entraClaims(150, 0)), rs(entraClaims(200, 40))
+	over := rs(claims("alice", func(c jwt.MapClaims) { c["pad"] = strings.Repeat("x", defaultMaxTokenSize*3/4) }))
+	t.Logf("Entra token: %d bytes with 150 groups, %d with 200 groups and 40 roles; padded: %d", len(e150), len(e200), len(over))
+	if len(over) <= defaultMaxTokenSize {
+		t.Fatalf("the padded token is %d bytes, not over the default %d", len(over), defaultMaxTokenSize)
+	}
+	up := newUpstream(t)
+	addr := startCaddy(t, "\tws_auth {\n\t\tpublic_key "+pemFile+"\n\t}\n\treverse_proxy %UPSTREAM%", up.addr())
+	checkUpstreamSaw(t, up, runTokenCases(t, addr, "close", []attackCase{
+		{"Entra ID, 150 groups", e150, "accepted"},
+		{"Entra ID, 200 groups and 40 roles", e200, "accepted"},
+		{"larger than the default", over, "invalid"},
+	}))
+}

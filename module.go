@@ -85,7 +85,11 @@ type Handler struct {
 	UserClaim string `json:"user_claim,omitempty"`
 
 	// Tokens longer than this many bytes are rejected as invalid.
-	// Default: 8 KiB.
+	// Default: 16 KiB; at most 1 MiB. The default holds the largest tokens
+	// identity providers issue: Entra ID lists up to 200 groups in a token
+	// (beyond, it sends an overage claim instead), about 13 KB with app
+	// roles, while 150 groups already exceed 8 KiB; Keycloak's tokens grow
+	// with each realm and client role.
 	MaxTokenSize int `json:"max_token_size,omitempty"`
 
 	// Scopes the token must grant, all of them. A granted scope ending in
@@ -248,7 +252,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 }
 
 const (
-	defaultMaxTokenSize = 8 << 10
+	defaultMaxTokenSize = 16 << 10
 	maxMaxTokenSize     = 1 << 20
 	defaultJWKSRefresh  = 15 * time.Minute
 	defaultJWKSTimeout  = 10 * time.Second
