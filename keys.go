@@ -23,6 +23,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -80,6 +81,13 @@ func withAlgNames(algs []string) []string {
 		out = append(out, algEd25519)
 	}
 	return out
+}
+
+// algNotAccepted is errAlg naming the alg a token's header gave, quoted
+// and cut to 32 bytes: the detail of a refusal for an algorithm that is
+// not accepted.
+func algNotAccepted(alg []byte) error {
+	return fmt.Errorf("%w: %s", errAlg, strconv.Quote(truncate(string(alg), 32)))
 }
 
 // errNoKeyConfigured is the error for a handler without any key source.
@@ -592,13 +600,12 @@ func (w *skipWarned) due(set string, skipped []skippedKey) bool {
 // error that says why the key does not fit: its alg is another, or it is
 // not a signing key of the algorithm's type.
 func setKeyFor(set jwkSource, jwk jwkset.JWK, alg string) (any, error) {
-	kid := truncate(jwk.Marshal().KID, 64)
 	if a := jwk.Marshal().ALG.String(); a != "" && canonicalAlg(a) != alg {
-		return nil, fmt.Errorf("key %q is for %s, token uses %s", kid, a, alg)
+		return nil, fmt.Errorf("key %q is for %s, token uses %s", truncate(jwk.Marshal().KID, 64), a, alg)
 	}
 	key, ok := setKey(set, jwk, alg)
 	if !ok {
-		return nil, fmt.Errorf("key %q cannot verify %s", kid, alg)
+		return nil, fmt.Errorf("key %q cannot verify %s", truncate(jwk.Marshal().KID, 64), alg)
 	}
 	return key, nil
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/sha1"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -481,6 +482,21 @@ func TestEd25519AlgorithmName(t *testing.T) {
 			t.Errorf("JSON algorithms Ed25519 with an RSA key: %v", err)
 		}
 	})
+}
+
+// TestAlgNotAccepted: the detail of a refusal for an algorithm names it,
+// quoted and cut short, and is still errAlg.
+func TestAlgNotAccepted(t *testing.T) {
+	for alg, want := range map[string]string{
+		"HS256":                   `signing algorithm not accepted: "HS256"`,
+		"a\x00\n":                 `signing algorithm not accepted: "a\x00\n"`,
+		strings.Repeat("x", 1000): `signing algorithm not accepted: "` + strings.Repeat("x", 32) + `…"`,
+	} {
+		err := algNotAccepted([]byte(alg))
+		if err.Error() != want || !errors.Is(err, errAlg) {
+			t.Errorf("algNotAccepted(%q) = %q, want %q wrapping errAlg", alg, err, want)
+		}
+	}
 }
 
 // TestKeySetErrorsNameTheSet: what an operator reads names the key set it
