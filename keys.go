@@ -278,7 +278,7 @@ func (k *keyring) symmetricAlgs() []string {
 		}
 		for _, jwk := range all {
 			m := jwk.Marshal()
-			if _, sym := jwk.Key().([]byte); !sym || m.USE != "" && m.USE != jwkset.UseSig {
+			if _, sym := jwk.Key().([]byte); !sym || (m.USE != "" && m.USE != jwkset.UseSig) {
 				continue
 			}
 			for _, alg := range hmacAlgs {
@@ -323,8 +323,8 @@ func (k *keyring) allowedAlgorithms(configured []string) ([]string, error) {
 
 // lookup returns the key, or a jwt.VerificationKeySet of keys, that may
 // verify a token of alg (a canonical name: golang-jwt's) with the header
-// kid. It never touches the network
-// except through a key set's rate-limited refetch for an unknown kid.
+// kid. It never touches the network except through a key set's
+// rate-limited refetch for an unknown kid.
 func (k *keyring) lookup(alg, kid string) (any, error) {
 	static := k.static[alg]
 	if len(k.sets) == 0 || !slices.Contains(k.setAlgs, alg) {
