@@ -5,8 +5,6 @@ import (
 	"net/url"
 	"strings"
 	"time"
-
-	"github.com/golang-jwt/jwt/v5"
 )
 
 // checkConfig applies every rule that the configuration alone decides,
@@ -128,12 +126,12 @@ func checkCookieOrigins(sources []TokenSource, origins []string) error {
 }
 
 // checkAlgorithm is the rule for a name in the algorithms allow-list:
-// one that golang-jwt knows, and never "none".
+// one that golang-jwt knows, or Ed25519 (signingMethod), and never "none".
 func checkAlgorithm(alg string) error {
 	if strings.EqualFold(alg, "none") {
 		return fmt.Errorf("algorithms: 'none' is never accepted")
 	}
-	if jwt.GetSigningMethod(alg) == nil {
+	if signingMethod(alg) == nil {
 		return fmt.Errorf("algorithms: unknown algorithm %q", alg)
 	}
 	return nil
@@ -172,6 +170,32 @@ func jwksName(raw string) string {
 		return "jwks " + redactURL(u)
 	}
 	return "jwks"
+}
+
+// shownJWKS names a configured key set URL that may not parse in an
+// error: "jwks" and the URL without what may be a credential (a query, a
+// fragment, a user and password).
+func shownJWKS(raw string) string {
+	if raw == "" {
+		return "jwks"
+	}
+	s, _, _ := strings.Cut(raw, "?")
+	s, _, _ = strings.Cut(s, "#")
+	scheme, rest, ok := strings.Cut(s, "://")
+	if !ok {
+		scheme, rest = "", s
+	}
+	end := strings.IndexByte(rest, '/')
+	if end < 0 {
+		end = len(rest)
+	}
+	if at := strings.LastIndexByte(rest[:end], '@'); at >= 0 {
+		rest = rest[at+1:]
+	}
+	if ok {
+		rest = scheme + "://" + rest
+	}
+	return "jwks " + truncate(rest, 200)
 }
 
 // maxLeeway bounds leeway: beyond an hour of clock skew, exp no longer

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"sync/atomic"
 	"time"
 
 	"github.com/MicahParks/keyfunc/v3"
@@ -77,7 +78,7 @@ func jwksPoolKey(u string, refresh, timeout time.Duration) string {
 func checkJWKSURL(raw string) (*url.URL, error) {
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" {
-		return nil, fmt.Errorf("jwks: not a URL like https://idp.example.com/jwks.json")
+		return nil, fmt.Errorf("%s: not a URL like https://idp.example.com/jwks.json", shownJWKS(raw))
 	}
 	if err := checkFetchURL(u); err != nil {
 		return nil, fmt.Errorf("jwks %s: %v", redactURL(u), err)
@@ -162,6 +163,7 @@ func newRemoteSet(u *url.URL, refresh, timeout time.Duration, trust *trustPool) 
 	ctx, cancel := context.WithCancel(context.Background())
 	where := redactURL(u)
 	noErr := true
+	var created atomic.Value // the set, once created: the first fetch has none
 	kf, err := keyfunc.NewDefaultOverrideCtx(ctx, []string{u.String()}, keyfunc.Override{
 		Client:                    fetchClient(timeout, trust),
 		HTTPTimeout:               timeout,
@@ -173,8 +175,8 @@ func newRemoteSet(u *url.URL, refresh, timeout time.Duration, trust *trustPool) 
 		RateLimitWaitMax: timeout,
 		RefreshErrorHandlerFunc: func(string) func(context.Context, error) {
 			return func(_ context.Context, err error) {
-				caddy.Log().Named("http.handlers.ws_auth").Warn("fetching JWK Set failed; serving the last good set",
-					zap.String("url", where), zap.Error(err))
+				kf, _ := created.Load().(keyfunc.Keyfunc)
+				warnFetchFailed(where, kf, err)
 			}
 		},
 	})
@@ -182,6 +184,7 @@ func newRemoteSet(u *url.URL, refresh, timeout time.Duration, trust *trustPool) 
 		cancel()
 		return nil, err
 	}
+	created.Store(kf)
 	go retryUntilFetched(ctx, kf, timeout)
 	return &remoteSet{kf: kf, cancel: cancel}, nil
 }

@@ -13,6 +13,7 @@ import (
 	"crypto/sha512"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -44,11 +46,56 @@ var (
 	jwksDefault = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
 
+// algEd25519 is RFC 9864's fully-specified name of EdDSA with an Ed25519
+// key. It is the only EdDSA that golang-jwt verifies, so here the two
+// names are one algorithm: in a token's header, in a key set's alg and in
+// the algorithms option, where either allows both.
+const algEd25519 = "Ed25519"
+
+// canonicalAlg is the name that keys and golang-jwt know alg by: EdDSA
+// for Ed25519, any other as it is.
+func canonicalAlg(alg string) string {
+	if alg == algEd25519 {
+		return "EdDSA"
+	}
+	return alg
+}
+
+// signingMethod is golang-jwt's method for alg, or nil. Ed25519 is
+// mapped here rather than registered with golang-jwt, whose registry
+// other modules of the process share.
+func signingMethod(alg string) jwt.SigningMethod {
+	return jwt.GetSigningMethod(canonicalAlg(alg))
+}
+
+// withAlgNames is algs in canonical names, each once, with Ed25519 next
+// to EdDSA: the names a token's header may use.
+func withAlgNames(algs []string) []string {
+	out := make([]string, 0, len(algs)+1)
+	for _, alg := range algs {
+		if alg = canonicalAlg(alg); !slices.Contains(out, alg) {
+			out = append(out, alg)
+		}
+	}
+	if slices.Contains(out, "EdDSA") {
+		out = append(out, algEd25519)
+	}
+	return out
+}
+
+// algNotAccepted is errAlg naming the alg a token's header gave, quoted
+// and cut to 32 bytes: the detail of a refusal for an algorithm that is
+// not accepted.
+func algNotAccepted(alg []byte) error {
+	return fmt.Errorf("%w: %s", errAlg, strconv.Quote(truncate(string(alg), 32)))
+}
+
 // errNoKeyConfigured is the error for a handler without any key source.
 var errNoKeyConfigured = errors.New("no key configured: need secret, public_key, jwks or jwks_file")
 
 // isAsymmetric reports whether alg is verified with a public key.
 func isAsymmetric(alg string) bool {
+	alg = canonicalAlg(alg)
 	for _, a := range ecdsaAlgs {
 		if a == alg {
 			return true
@@ -127,7 +174,8 @@ type keyring struct {
 // them panics.
 type jwkSource struct {
 	kf     keyfunc.Keyfunc
-	remote bool // fetched over HTTP
+	remote bool   // fetched over HTTP
+	name   string // the option and its file or URL, for errors
 }
 
 func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, err error) {
@@ -185,19 +233,11 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, er
 	}
 
 	for _, file := range h.JWKSFiles {
-		raw, err := readSmallFile(file, maxKeyFile)
+		kf, err := loadKeySetFile(file, logger)
 		if err != nil {
-			return nil, fmt.Errorf("jwks_file %s: %v", file, err)
+			return nil, err
 		}
-		kf, err := keyfunc.NewJWKSetJSON(raw)
-		if err != nil {
-			return nil, fmt.Errorf("jwks_file %s: %v", file, err)
-		}
-		all, err := kf.Storage().KeyReadAll(ctx)
-		if err != nil || len(all) == 0 {
-			return nil, fmt.Errorf("jwks_file %s: no usable keys", file)
-		}
-		k.sets = append(k.sets, jwkSource{kf: kf})
+		k.sets = append(k.sets, jwkSource{kf: kf, name: "jwks_file " + file})
 	}
 
 	for _, src := range h.JWKS {
@@ -213,7 +253,7 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, er
 			return nil, err
 		}
 		k.poolKeys = append(k.poolKeys, poolKey)
-		k.sets = append(k.sets, jwkSource{kf: kf, remote: true})
+		k.sets = append(k.sets, jwkSource{kf: kf, remote: true, name: jwksName(resolved.URL)})
 	}
 	for _, src := range h.OIDC {
 		resolved := *src
@@ -237,9 +277,37 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, er
 		return nil, errNoKeyConfigured
 	}
 	if len(k.sets) > 0 {
-		k.setAlgs = jwksDefault
+		k.setAlgs = append(slices.Clone(jwksDefault), k.symmetricAlgs()...)
 	}
 	return k, nil
+}
+
+// symmetricAlgs is what the symmetric ("oct") signing keys of the local
+// sets may verify: the HMAC algorithm of a key's alg, or all three for a
+// key without one. Those of a remote set are never used (setKey).
+func (k *keyring) symmetricAlgs() []string {
+	var algs []string
+	for _, set := range k.sets {
+		if set.remote {
+			continue
+		}
+		all, err := set.kf.Storage().KeyReadAll(k.ctx)
+		if err != nil {
+			continue
+		}
+		for _, jwk := range all {
+			m := jwk.Marshal()
+			if _, sym := jwk.Key().([]byte); !sym || (m.USE != "" && m.USE != jwkset.UseSig) {
+				continue
+			}
+			for _, alg := range hmacAlgs {
+				if (m.ALG == "" || m.ALG.String() == alg) && !slices.Contains(algs, alg) {
+					algs = append(algs, alg)
+				}
+			}
+		}
+	}
+	return algs
 }
 
 // allowedAlgorithms returns the algorithms tokens may use: the configured
@@ -256,24 +324,26 @@ func (k *keyring) allowedAlgorithms(configured []string) ([]string, error) {
 			}
 		}
 		slices.Sort(algs)
-		return algs, nil
+		return withAlgNames(algs), nil
 	}
 	// Names and "none" were refused by checkAlgorithm (checkConfig).
 	for _, alg := range configured {
-		_, static := k.static[alg]
+		_, static := k.static[canonicalAlg(alg)]
 		// A key set may hold symmetric ("oct") keys, so HS* is allowed with
 		// one when written explicitly.
 		if !static && len(k.sets) == 0 {
 			return nil, fmt.Errorf("algorithms: no configured key can verify %s", alg)
 		}
 	}
-	k.setAlgs = configured
-	return configured, nil
+	names := withAlgNames(configured)
+	k.setAlgs = names
+	return names, nil
 }
 
 // lookup returns the key, or a jwt.VerificationKeySet of keys, that may
-// verify a token of alg with the header kid. It never touches the network
-// except through a key set's rate-limited refetch for an unknown kid.
+// verify a token of alg (a canonical name: golang-jwt's) with the header
+// kid. It never touches the network except through a key set's
+// rate-limited refetch for an unknown kid.
 func (k *keyring) lookup(alg, kid string) (any, error) {
 	static := k.static[alg]
 	if len(k.sets) == 0 || !slices.Contains(k.setAlgs, alg) {
@@ -284,25 +354,27 @@ func (k *keyring) lookup(alg, kid string) (any, error) {
 	}
 
 	if kid != "" {
-		for _, set := range k.sets {
+		for i, set := range k.sets {
 			jwk, err := set.kf.Storage().KeyRead(k.ctx, kid)
 			if err != nil {
 				continue
 			}
-			if a := jwk.Marshal().ALG.String(); a != "" && a != alg {
-				return nil, fmt.Errorf("key %q is for %s, token uses %s", truncate(kid, 64), a, alg)
+			key, err := setKeyFor(set, jwk, alg)
+			if err == nil {
+				return key, nil
 			}
-			key, ok := setKey(set, jwk, alg)
-			if !ok {
-				return nil, fmt.Errorf("key %q cannot verify %s", truncate(kid, 64), alg)
+			// A kid may be listed twice (the same key for enc and for
+			// sig, or for two algs): another key of that kid may fit.
+			if key, ok := k.otherWithKID(k.sets[i:], kid, alg); ok {
+				return key, nil
 			}
-			return key, nil
+			return nil, err
 		}
 		if static != nil {
 			return static, nil
 		}
-		if k.unfetched() {
-			return nil, errKeysUnavailable
+		if err := k.unfetched(); err != nil {
+			return nil, err
 		}
 		return nil, fmt.Errorf("unknown kid %q", truncate(kid, 64))
 	}
@@ -322,7 +394,7 @@ func (k *keyring) lookup(alg, kid string) (any, error) {
 			continue
 		}
 		for _, jwk := range all {
-			if a := jwk.Marshal().ALG.String(); a != "" && a != alg {
+			if a := jwk.Marshal().ALG.String(); a != "" && canonicalAlg(a) != alg {
 				continue
 			}
 			if key, ok := setKey(ks, jwk, alg); ok {
@@ -331,12 +403,252 @@ func (k *keyring) lookup(alg, kid string) (any, error) {
 		}
 	}
 	if len(set.Keys) == 0 {
-		if k.unfetched() {
-			return nil, errKeysUnavailable
+		if err := k.unfetched(); err != nil {
+			return nil, err
 		}
 		return nil, errNoKey
 	}
 	return set, nil
+}
+
+// A JWK Set is read key by key, the same from a jwks_file and from a
+// remote jwks. jwkset parses a set whole: one key it refuses (a curve it
+// does not know, a malformed member, a certificate that does not match
+// the key) fails a file's load, or every fetch of a remote set, which then
+// keeps its last good keys, or has none. Here each key is parsed on its
+// own, as jwkset parses a fetched one (the same unmarshalling and
+// validation), and a key that fails is skipped with a warning naming it.
+
+// skippedKey is a key of a set that cannot be used, and why.
+type skippedKey struct {
+	index int // in the set's "keys", from 0
+	kid   string
+	err   error
+}
+
+func (s skippedKey) String() string {
+	return fmt.Sprintf("key %d, kid %q: %s", s.index+1, s.kid, s.reason())
+}
+
+// reason is why the key is skipped, on one line, without jwkset's
+// prefixes.
+func (s skippedKey) reason() string {
+	r := strings.ReplaceAll(s.err.Error(), "\n", "; ")
+	for _, prefix := range []string{"failed to unmarshal JSON Web Key: ", "failed to validate JSON Web Key: "} {
+		r = strings.TrimPrefix(r, prefix)
+	}
+	return truncate(r, 160)
+}
+
+// parseKeySet parses a JWK Set key by key. It returns the keys that can be
+// used, the others with their reasons, and whether a usable key was
+// amended to pass jwkset's validation (see parseKey). An error means that
+// raw is not a JWK Set at all.
+func parseKeySet(raw []byte) (keys []jwkset.JWK, skipped []skippedKey, amended bool, err error) {
+	var set struct {
+		Keys []json.RawMessage `json:"keys"`
+	}
+	if err := json.Unmarshal(raw, &set); err != nil {
+		return nil, nil, false, fmt.Errorf("not a JWK Set: %v", err)
+	}
+	for i, member := range set.Keys {
+		jwk, fixed, err := parseKey(member)
+		if err != nil {
+			skipped = append(skipped, skippedKey{index: i, kid: kidOf(member), err: err})
+			continue
+		}
+		keys = append(keys, jwk)
+		amended = amended || fixed
+	}
+	return keys, skipped, amended, nil
+}
+
+// parseKey parses one member of a JWK Set as jwkset parses the keys of a
+// fetched set. One thing is amended first: jwkset requires the alg EdDSA
+// of an Ed25519 key that carries its certificate (x5c), while alg is
+// optional (RFC 7517) and RFC 9864 names the algorithm Ed25519; an Ed25519
+// key verifies that one algorithm whatever its alg says, so such a key is
+// given EdDSA.
+func parseKey(member json.RawMessage) (_ jwkset.JWK, amended bool, _ error) {
+	var m jwkset.JWKMarshal
+	if err := json.Unmarshal(member, &m); err != nil {
+		return jwkset.JWK{}, false, err
+	}
+	if m.KTY == jwkset.KtyOKP && m.CRV == jwkset.CrvEd25519 && len(m.X5C) > 0 && (m.ALG == "" || m.ALG == algEd25519) {
+		m.ALG, amended = jwkset.AlgEdDSA, true
+	}
+	jwk, err := jwkset.NewJWKFromMarshal(m, jwkset.JWKMarshalOptions{Private: true}, jwkset.JWKValidateOptions{})
+	return jwk, amended, err
+}
+
+// kidOf is the kid of a JWK Set member that may not parse, for a log.
+func kidOf(member json.RawMessage) string {
+	var m struct {
+		KID any `json:"kid"`
+	}
+	_ = json.Unmarshal(member, &m)
+	kid, _ := m.KID.(string)
+	return truncate(kid, 64)
+}
+
+// skippedList is the skipped keys for an error: "key 2, kid "a": reason; ...".
+func skippedList(skipped []skippedKey) string {
+	parts := make([]string, len(skipped))
+	for i, s := range skipped {
+		parts[i] = s.String()
+	}
+	return truncate(strings.Join(parts, "; "), 1000)
+}
+
+// warnSkipped logs each skipped key of the set named set.
+func warnSkipped(logger *zap.Logger, set string, skipped []skippedKey) {
+	for _, s := range skipped {
+		logger.Warn("skipping a key of the JWK Set that cannot be used",
+			zap.String("set", set), zap.String("kid", s.kid), zap.Int("key", s.index+1), zap.String("reason", s.reason()))
+	}
+}
+
+// loadKeySetFile reads a jwks_file key by key (parseKeySet).
+func loadKeySetFile(file string, logger *zap.Logger) (keyfunc.Keyfunc, error) {
+	name := "jwks_file " + file
+	raw, err := readSmallFile(file, maxKeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", name, err)
+	}
+	keys, skipped, _, err := parseKeySet(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", name, err)
+	}
+	if len(keys) == 0 {
+		if len(skipped) > 0 {
+			return nil, fmt.Errorf("%s: no usable key (%s)", name, skippedList(skipped))
+		}
+		return nil, fmt.Errorf("%s: no usable key: the set is empty", name)
+	}
+	warnSkipped(logger, name, skipped)
+	store := jwkset.NewMemoryStorage()
+	if err := store.KeyReplaceAll(context.Background(), keys); err != nil {
+		return nil, fmt.Errorf("%s: %v", name, err)
+	}
+	return keyfunc.New(keyfunc.Options{Storage: store})
+}
+
+// usableKeySet is a fetched JWK Set as jwkset is to parse it: without the
+// keys that cannot be used, each named in a warning (skipWarnings), and
+// with the amendments of parseKey. A set that holds keys but none usable
+// is an error, a failed fetch: the last good set keeps serving. A body
+// that is no JWK Set is returned as it is, for jwkset to refuse; so is a
+// set that needs no change.
+func usableKeySet(body []byte, set string) ([]byte, error) {
+	keys, skipped, amended, err := parseKeySet(body)
+	if err != nil {
+		return body, nil
+	}
+	if len(skipped) > 0 && skipWarnings.due(set, skipped) {
+		warnSkipped(caddy.Log().Named("http.handlers.ws_auth"), set, skipped)
+	}
+	if len(keys) == 0 && len(skipped) > 0 {
+		return nil, fmt.Errorf("no usable key in the JWK Set (%s)", skippedList(skipped))
+	}
+	if len(skipped) == 0 && !amended {
+		return body, nil
+	}
+	out := jwkset.JWKSMarshal{Keys: make([]jwkset.JWKMarshal, len(keys))}
+	for i, jwk := range keys {
+		out.Keys[i] = jwk.Marshal()
+	}
+	return json.Marshal(out)
+}
+
+// warnFetchFailed logs a failed fetch of the remote set at url, saying
+// whether its last good keys keep serving or no keys were fetched yet (and
+// handshakes that need them are refused as unavailable). kf is the set,
+// nil while its first fetch runs.
+func warnFetchFailed(url string, kf keyfunc.Keyfunc, err error) {
+	logger := caddy.Log().Named("http.handlers.ws_auth")
+	if kf != nil {
+		if all, _ := kf.Storage().KeyReadAll(context.Background()); len(all) > 0 {
+			logger.Warn("fetching JWK Set failed; serving the last good set", zap.String("url", url), zap.Error(err))
+			return
+		}
+	}
+	logger.Warn("fetching JWK Set failed; no keys fetched yet: handshakes that need them are refused as unavailable",
+		zap.String("url", url), zap.Error(err))
+}
+
+// skipWarnings keeps a remote set, fetched every refresh and on unknown
+// kids, from warning of the same skipped keys each time: a warning is
+// repeated when the skipped keys change, or after skipWarnEvery.
+var skipWarnings = &skipWarned{last: make(map[string]skipWarning)}
+
+const (
+	skipWarnEvery = time.Hour
+	// maxSkipWarned bounds the sets remembered; past it, all are
+	// forgotten (and may warn once more).
+	maxSkipWarned = 1024
+)
+
+type skipWarned struct {
+	mu   sync.Mutex
+	last map[string]skipWarning // by set
+}
+
+type skipWarning struct {
+	keys string // skippedList
+	at   time.Time
+}
+
+// due reports whether the skipped keys of set are to be warned of now,
+// and if so notes that they are.
+func (w *skipWarned) due(set string, skipped []skippedKey) bool {
+	keys := skippedList(skipped)
+	t := now()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if prev, ok := w.last[set]; ok && prev.keys == keys && t.Sub(prev.at) < skipWarnEvery {
+		return false
+	}
+	if len(w.last) >= maxSkipWarned {
+		clear(w.last)
+	}
+	w.last[set] = skipWarning{keys: keys, at: t}
+	return true
+}
+
+// setKeyFor is setKey for a key that a token names by its kid, with an
+// error that says why the key does not fit: its alg is another, or it is
+// not a signing key of the algorithm's type.
+func setKeyFor(set jwkSource, jwk jwkset.JWK, alg string) (any, error) {
+	if a := jwk.Marshal().ALG.String(); a != "" && canonicalAlg(a) != alg {
+		return nil, fmt.Errorf("key %q is for %s, token uses %s", truncate(jwk.Marshal().KID, 64), a, alg)
+	}
+	key, ok := setKey(set, jwk, alg)
+	if !ok {
+		return nil, fmt.Errorf("key %q cannot verify %s", truncate(jwk.Marshal().KID, 64), alg)
+	}
+	return key, nil
+}
+
+// otherWithKID looks through every key of sets for one of this kid that
+// fits alg, whatever its place: a set's KeyRead gives the first key of a
+// kid alone. It is called only when that first key does not fit, and
+// fetches nothing.
+func (k *keyring) otherWithKID(sets []jwkSource, kid, alg string) (any, bool) {
+	for _, set := range sets {
+		all, err := set.kf.Storage().KeyReadAll(k.ctx)
+		if err != nil {
+			continue
+		}
+		for _, jwk := range all {
+			if jwk.Marshal().KID != kid {
+				continue
+			}
+			if key, err := setKeyFor(set, jwk, alg); err == nil {
+				return key, true
+			}
+		}
+	}
+	return nil, false
 }
 
 // setKey returns the public key of a key set's JWK if it may verify alg:
@@ -357,21 +669,25 @@ func setKey(set jwkSource, jwk jwkset.JWK, alg string) (any, bool) {
 	return key, keyFits(alg, key)
 }
 
-// unfetched reports whether a remote key set holds no key yet, that is
-// was never fetched. A token that no key we have verifies may then be
-// signed by one of its keys: the failure is ours, not the client's. Only
-// remote sets count: a local set (jwks_file) with keys says nothing of
-// the keys a remote one would bring.
-func (k *keyring) unfetched() bool {
+// unfetched returns errKeysUnavailable, naming the set, if a remote key
+// set holds no key yet, that is was never fetched; else nil. A token that
+// no key we have verifies may then be signed by one of its keys: the
+// failure is ours, not the client's. Only remote sets count: a local set
+// (jwks_file) with keys says nothing of the keys a remote one would bring.
+func (k *keyring) unfetched() error {
 	for _, set := range k.sets {
 		if !set.remote {
 			continue
 		}
 		if all, err := set.kf.Storage().KeyReadAll(k.ctx); err != nil || len(all) == 0 {
-			return true
+			name := set.name
+			if name == "" {
+				name = "a remote key set"
+			}
+			return fmt.Errorf("%w: no keys fetched yet from %s", errKeysUnavailable, name)
 		}
 	}
-	return false
+	return nil
 }
 
 // close releases the pooled remote key sets.
@@ -623,7 +939,9 @@ func checkRegular(fi os.FileInfo) error {
 	return fmt.Errorf("not a regular file (%s)", what)
 }
 
-// limitedTransport bounds the size of every response it returns. It reads
+// limitedTransport bounds the size of every response it returns, and
+// hands on a JWK Set without the keys that cannot be used
+// (usableKeySet), so that one such key does not fail the fetch. It reads
 // the whole body before handing the response on: a JSON decoder stops at
 // the end of the first value, so a limit enforced while decoding would let
 // a response of any size through as long as its first bytes held a set
@@ -649,6 +967,11 @@ func (t limitedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 	if int64(len(body)) > t.max {
 		return nil, fmt.Errorf("JWK Set response larger than %d bytes", t.max)
+	}
+	if resp.StatusCode == http.StatusOK {
+		if body, err = usableKeySet(body, "jwks "+redactURL(r.URL)); err != nil {
+			return nil, err
+		}
 	}
 	resp.Body = io.NopCloser(bytes.NewReader(body))
 	resp.ContentLength = int64(len(body))

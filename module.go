@@ -73,7 +73,9 @@ type Handler struct {
 
 	// The signing algorithms accepted. Default: every algorithm that the
 	// configured keys can verify. An algorithm that no configured key can
-	// verify is a configuration error; "none" is never accepted.
+	// verify is a configuration error; "none" is never accepted. Ed25519
+	// (RFC 9864) and EdDSA name one algorithm, EdDSA with an Ed25519 key:
+	// either allows tokens whose header names the one or the other.
 	Algorithms []string `json:"algorithms,omitempty"`
 
 	// If set, the token's `iss` must be one of these.
@@ -91,7 +93,11 @@ type Handler struct {
 	UserClaim string `json:"user_claim,omitempty"`
 
 	// Tokens longer than this many bytes are rejected as invalid.
-	// Default: 8 KiB.
+	// Default: 16 KiB; at most 1 MiB. The default holds the largest tokens
+	// identity providers issue: Entra ID lists up to 200 groups in a token
+	// (beyond, it sends an overage claim instead), about 13 KB with app
+	// roles, while 150 groups already exceed 8 KiB; Keycloak's tokens grow
+	// with each realm and client role.
 	MaxTokenSize int `json:"max_token_size,omitempty"`
 
 	// Scopes the token must grant, all of them. A granted scope ending in
@@ -261,7 +267,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 }
 
 const (
-	defaultMaxTokenSize = 8 << 10
+	defaultMaxTokenSize = 16 << 10
 	maxMaxTokenSize     = 1 << 20
 	defaultJWKSRefresh  = 15 * time.Minute
 	defaultJWKSTimeout  = 10 * time.Second
@@ -405,7 +411,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	// configured list; the default list holds what keys verify.
 	h.methods = make(map[string]jwt.SigningMethod, len(algs))
 	for _, alg := range algs {
-		m := jwt.GetSigningMethod(alg)
+		m := signingMethod(alg)
 		if m == nil {
 			return fmt.Errorf("algorithms: no implementation of %q", alg)
 		}

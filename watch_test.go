@@ -866,7 +866,7 @@ func TestWatcherNotRefreshForwarded(t *testing.T) {
 	for name, frame := range map[string][]byte{
 		"fragmented": cat(cf(false, opText, refresh), cf(true, opContinuation, "")),
 		"compressed": compressed,
-		"too large":  cf(true, opText, `{"type":"refresh_token","token":"`+tok+`","pad":"`+strings.Repeat("x", 9<<10)+`"}`),
+		"too large":  cf(true, opText, `{"type":"refresh_token","token":"`+tok+`","pad":"`+strings.Repeat("x", defaultMaxTokenSize+firstMessageSlack)+`"}`),
 	} {
 		stream := cat(frame, cf(true, opText, "next"))
 		orig := bytes.Clone(stream)
