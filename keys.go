@@ -20,6 +20,7 @@ import (
 	"hash"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"regexp"
 	"slices"
@@ -267,7 +268,11 @@ func loadKeys(ctx caddy.Context, h *Handler, logger *zap.Logger) (_ *keyring, er
 			return nil, err
 		}
 		k.oidcKeys = append(k.oidcKeys, poolKey)
-		k.sets = append(k.sets, jwkSource{kf: o, remote: true})
+		name := "oidc " + resolved.URL
+		if u, err := url.Parse(resolved.URL); err == nil && u.Host != "" {
+			name = "oidc " + redactURL(u)
+		}
+		k.sets = append(k.sets, jwkSource{kf: o, remote: true, name: name})
 	}
 	if len(h.JWKS) > 0 && len(h.Issuers) == 0 && len(h.Audiences) == 0 {
 		logger.Warn("jwks without issuer or audience: any token of this key set is accepted, including those minted for other applications")
