@@ -59,7 +59,7 @@ func benchClaims() jwt.MapClaims {
 	}
 }
 
-func provisioned(b *testing.B, h *Handler) *Handler {
+func provisioned(b testing.TB, h *Handler) *Handler {
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	b.Cleanup(cancel)
 	if err := h.Provision(ctx); err != nil {
@@ -72,11 +72,15 @@ func provisioned(b *testing.B, h *Handler) *Handler {
 // benchHandler is the handler the handshake benchmarks decide with: the
 // token from the query, issuer, audience and origin checked, alg's key.
 func benchHandler(b *testing.B, alg benchAlg) *Handler {
+	off := 0
 	h := &Handler{
 		TokenSources:   []TokenSource{{Source: "query"}},
 		Issuers:        []string{"bench-issuer"},
 		Audiences:      []string{"bench-aud"},
 		AllowedOrigins: []string{"http://bench.localhost"},
+		// The full check each time: BenchmarkHandshakeCached measures
+		// the cache.
+		TokenCache: &TokenCache{Entries: &off},
 	}
 	switch alg.verify.(type) {
 	case []byte:
@@ -380,4 +384,32 @@ func BenchmarkLimitsParallel(b *testing.B) {
 			}
 		})
 	})
+}
+
+// BenchmarkHandshakeCached is BenchmarkHandshakeFresh with the token cache
+// on, its 1,024 tokens each verified once before the timer starts: a
+// reconnect storm of clients whose tokens the handler has seen.
+func BenchmarkHandshakeCached(b *testing.B) {
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error {
+		return deepCall(proxyDepth, func() error { return nil })
+	})
+	for _, alg := range benchAlgs(b) {
+		h := benchHandler(b, alg)
+		h.tokens = newTokenCache(nil)
+		targets := make([]string, 1024)
+		for i := range targets {
+			c := benchClaims()
+			c["sub"] = "user-" + strconv.Itoa(i)
+			c["jti"] = fmt.Sprintf("%08x-3b1d-4c59-9a77-0d1f4e8b2c31", i)
+			targets[i] = "/ws?token=" + sign(b, alg.method, alg.signer, c, "")
+			if err := h.ServeHTTP(httptest.NewRecorder(), upgradeRequest(targets[i]), next); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.Run(alg.name, func(b *testing.B) {
+			benchFresh(b, targets, func(w http.ResponseWriter, r *http.Request) error {
+				return h.ServeHTTP(w, r, next)
+			})
+		})
+	}
 }

@@ -157,6 +157,7 @@ var caddyfileOptions = map[string]caddyfileOption{
 	"public_key":           {parse: (*caddyfileParser).publicKey},
 	"jwks":                 {parse: (*caddyfileParser).jwks},
 	"oidc":                 {parse: (*caddyfileParser).oidc},
+	"token_cache":          {once: true, parse: (*caddyfileParser).tokenCache},
 	"jwks_file":            {parse: (*caddyfileParser).jwksFile},
 	"algorithms":           {parse: (*caddyfileParser).algorithms},
 	"issuer":               {parse: (*caddyfileParser).issuer},
@@ -310,6 +311,42 @@ func (p *caddyfileParser) remoteSource(opt string) (*JWKSSource, error) {
 		*dst = caddy.Duration(dur)
 	}
 	return src, nil
+}
+
+// tokenCache parses `token_cache <entries> [<max_age>]`, or
+// `token_cache off`.
+func (p *caddyfileParser) tokenCache() error {
+	d := p.d
+	args := d.RemainingArgs()
+	if len(args) < 1 || len(args) > 2 {
+		return d.Errf("token_cache: want token_cache <entries> [<max_age>], or token_cache off")
+	}
+	tc := &TokenCache{}
+	if args[0] == "off" {
+		if len(args) > 1 {
+			return d.Errf("token_cache off: takes no max_age")
+		}
+		n := 0
+		tc.Entries = &n
+	} else {
+		n, err := strconv.Atoi(args[0])
+		if err != nil {
+			return d.Errf("token_cache: want a number of entries, not %q", args[0])
+		}
+		tc.Entries = &n
+	}
+	if len(args) == 2 {
+		age, err := caddy.ParseDuration(args[1])
+		if err != nil {
+			return d.Errf("token_cache: invalid duration %q", args[1])
+		}
+		tc.MaxAge = caddy.Duration(age)
+	}
+	if err := tc.check(); err != nil {
+		return d.WrapErr(err)
+	}
+	p.h.TokenCache = tc
+	return nil
 }
 
 func (p *caddyfileParser) jwksFile() error {

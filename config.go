@@ -37,6 +37,11 @@ func (h *Handler) checkConfig() error {
 			return err
 		}
 	}
+	if h.TokenCache != nil {
+		if err := h.TokenCache.check(); err != nil {
+			return err
+		}
+	}
 	for _, src := range h.OIDC {
 		if err := checkOIDCSource(src); err != nil {
 			return err

@@ -25,6 +25,9 @@ type moduleMetrics struct {
 	closedVec  *prometheus.CounterVec // reason: the text of the close
 	active     prometheus.GaugeFunc
 	dropped    prometheus.Counter
+	cacheVec   *prometheus.CounterVec // result: hit or miss
+
+	cacheHit, cacheMiss prometheus.Counter
 
 	accepted prometheus.Counter
 	refused  [numReasons]prometheus.Counter
@@ -57,8 +60,13 @@ func newModuleMetrics(live func() int) *moduleMetrics {
 			Namespace: ns, Subsystem: sub, Name: "messages_dropped_total",
 			Help: "Client messages not forwarded because of rate_limit messages (drop or notify).",
 		}),
+		cacheVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "token_cache_total",
+			Help: "Token checks by the verified-token cache: hit (no signature check) or miss.",
+		}, []string{"result"}),
 		closed: make(map[string]prometheus.Counter, int(numReasons)+len(closeTexts)),
 	}
+	m.cacheHit, m.cacheMiss = m.cacheVec.WithLabelValues("hit"), m.cacheVec.WithLabelValues("miss")
 	m.accepted = m.handshakes.WithLabelValues("accepted")
 	for r := range m.refused {
 		name := reason(r).String()
@@ -98,7 +106,7 @@ func (m *moduleMetrics) register(reg *prometheus.Registry, logger *zap.Logger) {
 	if reg == nil {
 		return
 	}
-	for _, c := range []prometheus.Collector{m.handshakes, m.closedVec, m.active, m.dropped} {
+	for _, c := range []prometheus.Collector{m.handshakes, m.closedVec, m.active, m.dropped, m.cacheVec} {
 		err := reg.Register(c)
 		var are prometheus.AlreadyRegisteredError
 		if err == nil || errors.As(err, &are) && are.ExistingCollector == c {

@@ -75,6 +75,9 @@ func TestMetrics(t *testing.T) {
 		`caddy_ws_auth_handshakes_total{result="missing"}`:  1,
 		`caddy_ws_auth_closed_total{reason="expired"}`:      1,
 		`caddy_ws_auth_messages_dropped_total`:              2,
+		// Two tokens, each verified once (the handshake without one
+		// asks no cache).
+		`caddy_ws_auth_token_cache_total{result="miss"}`: 2,
 	}
 	checkDeltas(t, before, after, want)
 
@@ -95,7 +98,7 @@ func TestMetrics(t *testing.T) {
 		}
 	}
 	wantNames := []string{"caddy_ws_auth_closed_total", "caddy_ws_auth_connections_active",
-		"caddy_ws_auth_handshakes_total", "caddy_ws_auth_messages_dropped_total"}
+		"caddy_ws_auth_handshakes_total", "caddy_ws_auth_messages_dropped_total", "caddy_ws_auth_token_cache_total"}
 	if !slices.Equal(names, wantNames) {
 		t.Errorf("the reloaded config's registry holds %q, want %q", names, wantNames)
 	}
@@ -107,6 +110,7 @@ func TestMetrics(t *testing.T) {
 	c.close()
 	waitLiveCount(t, 0)
 	want[`caddy_ws_auth_handshakes_total{result="accepted"}`]++
+	want[`caddy_ws_auth_token_cache_total{result="miss"}`]++ // a new config's handler has a new cache
 	checkDeltas(t, before, scrapeMetrics(t, admin), want)
 }
 
@@ -128,6 +132,7 @@ func TestMetricsRegister(t *testing.T) {
 	m.droppedBy("drop")
 	m.droppedBy("notify")
 	m.droppedBy("close")
+	m.cacheHit.Inc()
 
 	second := prometheus.NewPedanticRegistry()
 	m.register(second, logger)
@@ -145,14 +150,16 @@ func TestMetricsRegister(t *testing.T) {
 		`caddy_ws_auth_closed_total{reason="too_big"}`:      0,
 		`caddy_ws_auth_messages_dropped_total`:              2,
 		`caddy_ws_auth_connections_active`:                  3,
+		`caddy_ws_auth_token_cache_total{result="hit"}`:     1,
+		`caddy_ws_auth_token_cache_total{result="miss"}`:    0,
 	}
 	for k, v := range want {
 		if g, ok := got[k]; !ok || g != v {
 			t.Errorf("%s = %v (present %v), want %v", k, g, ok, v)
 		}
 	}
-	if n := len(got); n != 1+int(numReasons)+int(numReasons)+len(closeTexts)+1+1 {
-		t.Errorf("%d series, want one per result, one per close reason, and the two without labels", n)
+	if n := len(got); n != 1+int(numReasons)+int(numReasons)+len(closeTexts)+1+1+2 {
+		t.Errorf("%d series, want one per result, one per close reason, the two without labels and the cache's two", n)
 	}
 
 	// A collector of the same name from elsewhere: a warning, no panic.

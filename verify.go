@@ -273,6 +273,15 @@ func (h *Handler) verify(token string, id *identity) *refusal {
 	if strings.ContainsAny(token, "\r\n") {
 		return &refusal{reason: reasonInvalid, detail: errMalformed}
 	}
+	if h.tokens != nil && h.cachedIdentity(token, id) {
+		// Verified before, by the key its alg and kid still find: the
+		// times are checked again, the rest (signature, issuer,
+		// audience, user) holds for the same token and handler.
+		if rsn, err := id.claims.checkTimes(now(), time.Duration(h.Leeway)); err != nil {
+			return &refusal{reason: rsn, detail: err}
+		}
+		return nil
+	}
 	i := strings.IndexByte(token, '.')
 	j := strings.LastIndexByte(token, '.')
 	if i <= 0 || j <= i+1 || j == len(token)-1 || strings.IndexByte(token[i+1:j], '.') >= 0 {
@@ -371,6 +380,9 @@ func (h *Handler) verify(token string, id *identity) *refusal {
 	}
 	id.user = c.Subject.s
 	id.granted = id.scopes(h.scopeClaim)
+	if h.tokens != nil {
+		h.tokens.put(token, id, method.Alg(), string(kid), key)
+	}
 	return nil
 }
 
