@@ -269,8 +269,9 @@ func (h *Handler) verify(token string, id *identity) *refusal {
 		return &refusal{reason: reasonInvalid, detail: errTooLarge}
 	}
 	// The base64 decoder skips line breaks: refuse them, so that one token
-	// has one spelling.
-	if strings.ContainsAny(token, "\r\n") {
+	// has one spelling. (Two IndexByte scans cost a fraction of
+	// ContainsAny's byte-by-byte loop.)
+	if strings.IndexByte(token, '\r') >= 0 || strings.IndexByte(token, '\n') >= 0 {
 		return &refusal{reason: reasonInvalid, detail: errMalformed}
 	}
 	i := strings.IndexByte(token, '.')
