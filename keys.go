@@ -255,6 +255,12 @@ func (k *keyring) allowedAlgorithms(configured []string) ([]string, error) {
 // lookup returns the key, or a jwt.VerificationKeySet of keys, that may
 // verify a token of alg with the header kid. It never touches the network
 // except through a key set's rate-limited refetch for an unknown kid.
+//
+// Static keys are found here, on a frame of about 100 bytes; key sets in
+// lookupKID and lookupAll, whose frames are large (jwkset hands out JWKs,
+// 536 bytes each, by value): kept out of lookup, they are not on the stack
+// of a handshake that no key set can verify, a handshake's deepest point
+// otherwise (lookup's frame was 2.4 KiB).
 func (k *keyring) lookup(alg, kid string) (any, error) {
 	static := k.static[alg]
 	if len(k.sets) == 0 || !slices.Contains(k.setAlgs, alg) {
@@ -263,32 +269,45 @@ func (k *keyring) lookup(alg, kid string) (any, error) {
 		}
 		return static, nil
 	}
-
 	if kid != "" {
-		for _, set := range k.sets {
-			jwk, err := set.kf.Storage().KeyRead(k.ctx, kid)
-			if err != nil {
-				continue
-			}
-			if a := jwk.Marshal().ALG.String(); a != "" && a != alg {
-				return nil, fmt.Errorf("key %q is for %s, token uses %s", truncate(kid, 64), a, alg)
-			}
-			key, ok := setKey(set, jwk, alg)
-			if !ok {
-				return nil, fmt.Errorf("key %q cannot verify %s", truncate(kid, 64), alg)
-			}
-			return key, nil
-		}
-		if static != nil {
-			return static, nil
-		}
-		if k.unfetched() {
-			return nil, errKeysUnavailable
-		}
-		return nil, fmt.Errorf("unknown kid %q", truncate(kid, 64))
+		return k.lookupKID(alg, kid, static)
 	}
+	return k.lookupAll(alg, static)
+}
 
-	// No kid: try every key that fits the algorithm.
+// lookupKID finds the key named kid in the key sets, or else the static
+// key of alg.
+//
+//go:noinline
+func (k *keyring) lookupKID(alg, kid string, static any) (any, error) {
+	for _, set := range k.sets {
+		jwk, err := set.kf.Storage().KeyRead(k.ctx, kid)
+		if err != nil {
+			continue
+		}
+		if a := jwkAlg(&jwk); a != "" && a != alg {
+			return nil, fmt.Errorf("key %q is for %s, token uses %s", truncate(kid, 64), a, alg)
+		}
+		key, ok := setKey(set, &jwk, alg)
+		if !ok {
+			return nil, fmt.Errorf("key %q cannot verify %s", truncate(kid, 64), alg)
+		}
+		return key, nil
+	}
+	if static != nil {
+		return static, nil
+	}
+	if k.unfetched() {
+		return nil, errKeysUnavailable
+	}
+	return nil, fmt.Errorf("unknown kid %q", truncate(kid, 64))
+}
+
+// lookupAll returns every key that fits alg, for a token without kid: the
+// static key of alg and those of the key sets.
+//
+//go:noinline
+func (k *keyring) lookupAll(alg string, static any) (any, error) {
 	var set jwt.VerificationKeySet
 	switch s := static.(type) {
 	case nil:
@@ -302,8 +321,9 @@ func (k *keyring) lookup(alg, kid string) (any, error) {
 		if err != nil {
 			continue
 		}
-		for _, jwk := range all {
-			if a := jwk.Marshal().ALG.String(); a != "" && a != alg {
+		for i := range all {
+			jwk := &all[i]
+			if a := jwkAlg(jwk); a != "" && a != alg {
 				continue
 			}
 			if key, ok := setKey(ks, jwk, alg); ok {
@@ -324,8 +344,8 @@ func (k *keyring) lookup(alg, kid string) (any, error) {
 // a signing key ("use" absent or "sig") of the matching type, an RSA key of
 // at least 2048 bits, and a symmetric key only from a local file, since a
 // secret served over HTTP is no secret.
-func setKey(set jwkSource, jwk jwkset.JWK, alg string) (any, bool) {
-	if use := jwk.Marshal().USE; use != "" && use != jwkset.UseSig {
+func setKey(set jwkSource, jwk *jwkset.JWK, alg string) (any, bool) {
+	if use := jwkUse(jwk); use != "" && use != jwkset.UseSig {
 		return nil, false
 	}
 	key := publicOf(jwk.Key())
@@ -337,6 +357,16 @@ func setKey(set jwkSource, jwk jwkset.JWK, alg string) (any, bool) {
 	}
 	return key, keyFits(alg, key)
 }
+
+// jwkAlg and jwkUse read one member of a JWK. Marshal returns all of them
+// (376 bytes) by value: out of line, that copy is made on a frame that is
+// gone when the lookup goes on, not on the lookup's own.
+//
+//go:noinline
+func jwkAlg(jwk *jwkset.JWK) string { return jwk.Marshal().ALG.String() }
+
+//go:noinline
+func jwkUse(jwk *jwkset.JWK) jwkset.USE { return jwk.Marshal().USE }
 
 // unfetched reports whether a remote key set holds no key yet, that is
 // was never fetched. A token that no key we have verifies may then be
