@@ -439,7 +439,14 @@ func algsForKey(key any) []string {
 // used hash does not.
 type hmacKey struct {
 	alg  string
-	pool sync.Pool
+	pool sync.Pool // of *keyedHash
+}
+
+// keyedHash is a pooled HMAC with room for its sum, which would otherwise
+// go to the heap: it is passed to the hash through an interface.
+type keyedHash struct {
+	mac hash.Hash
+	sum [sha512.Size]byte
 }
 
 func newHMACKey(alg string, secret []byte) *hmacKey {
@@ -453,18 +460,17 @@ func newHMACKey(alg string, secret []byte) *hmacKey {
 		hf = sha512.New
 	}
 	k := &hmacKey{alg: alg}
-	k.pool.New = func() any { return hmac.New(hf, secret) }
+	k.pool.New = func() any { return &keyedHash{mac: hmac.New(hf, secret)} }
 	return k
 }
 
 // verify reports, in constant time, whether sig is the MAC of input.
 func (k *hmacKey) verify(input, sig []byte) bool {
-	m := k.pool.Get().(hash.Hash)
-	m.Reset()
-	m.Write(input)
-	var buf [sha512.Size]byte
-	ok := hmac.Equal(m.Sum(buf[:0]), sig)
-	k.pool.Put(m)
+	kh := k.pool.Get().(*keyedHash)
+	kh.mac.Reset()
+	kh.mac.Write(input)
+	ok := hmac.Equal(kh.mac.Sum(kh.sum[:0]), sig)
+	k.pool.Put(kh)
 	return ok
 }
 

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -181,16 +182,23 @@ type optString struct {
 }
 
 func (o *optString) UnmarshalJSON(b []byte) error {
+	var err error
+	o.s, o.ok, err = jsonOptString(b)
+	return err
+}
+
+// jsonOptString decodes b if it is a JSON string; ok is false for any
+// other JSON value.
+func jsonOptString(b []byte) (s string, ok bool, err error) {
 	if len(b) < 2 || b[0] != '"' {
-		*o = optString{}
-		return nil
+		return "", false, nil
 	}
 	if bytes.IndexByte(b, '\\') < 0 {
-		*o = optString{s: string(b[1 : len(b)-1]), ok: true}
-		return nil
+		return string(b[1 : len(b)-1]), true, nil
 	}
-	o.ok = true
-	return json.Unmarshal(b, &o.s)
+	var text string // on the heap, and only here
+	err = json.Unmarshal(b, &text)
+	return text, true, err
 }
 
 // scopeList is a scope claim: a space-separated string ("a b") or an
@@ -204,12 +212,9 @@ func (s *scopeList) UnmarshalJSON(b []byte) error {
 	if len(b) > 0 && b[0] == '[' {
 		return json.Unmarshal(b, &s.arr)
 	}
-	var o optString
-	if err := o.UnmarshalJSON(b); err != nil {
-		return err
-	}
-	s.str = o.s
-	return nil
+	str, _, err := jsonOptString(b)
+	s.str = str
+	return err
 }
 
 func (s scopeList) empty() bool { return s.str == "" && len(s.arr) == 0 }
@@ -279,10 +284,13 @@ func (h *Handler) verify(token string, id *identity) *refusal {
 	if i <= 0 || j <= i+1 || j == len(token)-1 || strings.IndexByte(token[i+1:j], '.') >= 0 {
 		return &refusal{reason: reasonInvalid, detail: errMalformed}
 	}
-	// One copy of the token for the decoders and the HMAC, and one buffer
-	// for the three decoded segments, each appended after the last.
-	tb := []byte(token)
-	buf := make([]byte, 0, b64.DecodedLen(len(tb)))
+	// One copy of the token for the decoders and the HMAC, and after it the
+	// three decoded segments, each appended after the last, in a pooled
+	// buffer: whatever verify keeps of the token is copied out of it.
+	sp := getScratch(len(token) + b64.DecodedLen(len(token)))
+	defer putScratch(sp)
+	tb := append((*sp)[:0], token...)
+	buf := tb[len(tb):]
 	headerSeg, payloadSeg, sigSeg := tb[:i], tb[i+1:j], tb[j+1:]
 
 	raw, err := b64.AppendDecode(buf, headerSeg)
@@ -326,7 +334,7 @@ func (h *Handler) verify(token string, id *identity) *refusal {
 		return &refusal{reason: reasonInvalid, detail: errMalformed}
 	}
 	buf = sig[len(sig):]
-	if !verifySignature(method, tb[:j], sig, key) {
+	if !verifySignature(method, token[:j], tb[:j], sig, key) {
 		return &refusal{reason: reasonInvalid, detail: errSignature}
 	}
 	// Claims are only worth anything (to a log, say) from here on.
@@ -420,23 +428,55 @@ func (h *Handler) admit(id *identity) *refusal {
 var b64 = base64.RawURLEncoding.Strict()
 
 // verifySignature checks sig over input with key, or with any key of a
-// jwt.VerificationKeySet.
-func verifySignature(m jwt.SigningMethod, input []byte, sig []byte, key any) bool {
+// jwt.VerificationKeySet. input comes twice, the same bytes: as a string
+// for golang-jwt's methods, which take one, and as bytes for the HMAC,
+// so that neither is converted into the other.
+func verifySignature(m jwt.SigningMethod, input string, inputBytes, sig []byte, key any) bool {
 	if set, ok := key.(jwt.VerificationKeySet); ok {
 		for _, k := range set.Keys {
-			if verifySignature(m, input, sig, k) {
+			if verifySignature(m, input, inputBytes, sig, k) {
 				return true
 			}
 		}
 		return false
 	}
 	if hk, ok := key.(*hmacKey); ok {
-		return hk.alg == m.Alg() && hk.verify(input, sig)
+		return hk.alg == m.Alg() && hk.verify(inputBytes, sig)
 	}
 	if !keyFits(m.Alg(), key) {
 		return false
 	}
-	return m.Verify(string(input), sig, key) == nil
+	return m.Verify(input, sig, key) == nil
+}
+
+// scratchPool holds the buffers verify decodes tokens in; see getScratch.
+var scratchPool = sync.Pool{New: func() any {
+	b := make([]byte, 0, minScratch)
+	return &b
+}}
+
+const (
+	// minScratch holds a token of about 1.1 KiB with its decoded segments.
+	minScratch = 2 << 10
+	// maxScratch is what a token of the default max_token_size needs;
+	// larger buffers are not kept.
+	maxScratch = defaultMaxTokenSize + defaultMaxTokenSize*3/4
+)
+
+// getScratch returns an empty buffer of at least n bytes' capacity, to be
+// given back with putScratch once nothing points into it.
+func getScratch(n int) *[]byte {
+	sp := scratchPool.Get().(*[]byte)
+	if cap(*sp) < n {
+		*sp = make([]byte, 0, n)
+	}
+	return sp
+}
+
+func putScratch(sp *[]byte) {
+	if cap(*sp) <= maxScratch {
+		scratchPool.Put(sp)
+	}
 }
 
 var (
