@@ -136,7 +136,12 @@ type audience struct {
 
 func (a *audience) UnmarshalJSON(b []byte) error {
 	if len(b) > 0 && b[0] == '[' {
-		return json.Unmarshal(b, &a.many)
+		// Into a variable of its own, so that a is not handed to
+		// encoding/json: the identity holding it stays off the heap.
+		var many []string
+		err := json.Unmarshal(b, &many)
+		a.many = many
+		return err
 	}
 	if string(b) == "null" {
 		return nil
@@ -210,7 +215,10 @@ type scopeList struct {
 
 func (s *scopeList) UnmarshalJSON(b []byte) error {
 	if len(b) > 0 && b[0] == '[' {
-		return json.Unmarshal(b, &s.arr)
+		var arr []string // see audience.UnmarshalJSON
+		err := json.Unmarshal(b, &arr)
+		s.arr = arr
+		return err
 	}
 	str, _, err := jsonOptString(b)
 	s.str = str
@@ -574,11 +582,15 @@ func (l *lazyClaims) get() map[string]any {
 	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.UseNumber()
-	if err := dec.Decode(&l.all); err != nil {
+	// Into a variable of its own: &l.all handed to Decode would put every
+	// identity on the heap, whether or not a claim is ever decoded.
+	var all map[string]any
+	if err := dec.Decode(&all); err != nil {
 		l.err = err
 		return nil
 	}
-	return l.all
+	l.all = all
+	return all
 }
 
 // formatClaim renders a claim for a placeholder: strings as they are,
