@@ -53,14 +53,22 @@ type tokenClaims struct {
 	Scp       scopeList   `json:"scp"`
 }
 
-// member decodes one claim into c, ignoring those it does not hold.
-func (c *tokenClaims) member(name, v []byte) error {
+// member decodes one claim into c, ignoring those it does not hold. An iss
+// or aud equal to one of issuers or audiences (the configured ones) is that
+// string rather than a copy: no allocation, and the connection keeps none.
+func (c *tokenClaims) member(name, v []byte, issuers, audiences []string) error {
 	switch string(name) {
 	case "iss":
+		if known(v, issuers, &c.Issuer) {
+			return nil
+		}
 		return c.Issuer.UnmarshalJSON(v)
 	case "sub":
 		return c.Subject.UnmarshalJSON(v)
 	case "aud":
+		if known(v, audiences, &c.Audience.one) {
+			return nil
+		}
 		return c.Audience.UnmarshalJSON(v)
 	case "exp":
 		return c.ExpiresAt.UnmarshalJSON(v)
@@ -76,6 +84,22 @@ func (c *tokenClaims) member(name, v []byte) error {
 		return c.Scp.UnmarshalJSON(v)
 	}
 	return nil
+}
+
+// known sets o to the string of list that the JSON string v holds, if v
+// holds one without escapes, and reports whether it did.
+func known(v []byte, list []string, o *optString) bool {
+	if len(v) < 2 || v[0] != '"' {
+		return false
+	}
+	raw := v[1 : len(v)-1]
+	for _, s := range list {
+		if string(raw) == s && bytes.IndexByte(raw, '\\') < 0 {
+			*o = optString{s: s, ok: true}
+			return true
+		}
+	}
+	return false
 }
 
 // numericDate is a JSON NumericDate (RFC 7519, section 2): seconds since
@@ -354,7 +378,10 @@ func (h *Handler) verify(token string, id *identity) *refusal {
 		return &refusal{reason: reasonInvalid, detail: errMalformed}
 	}
 	id.claims = tokenClaims{}
-	if strictObject(raw, id.claims.member) != nil {
+	err = strictObject(raw, func(name, v []byte) error {
+		return id.claims.member(name, v, h.issuers, h.audiences)
+	})
+	if err != nil {
 		return &refusal{reason: reasonInvalid, detail: errMalformed}
 	}
 	c := &id.claims
