@@ -59,14 +59,14 @@ type tokenClaims struct {
 func (c *tokenClaims) member(name, v []byte, issuers, audiences []string) error {
 	switch string(name) {
 	case "iss":
-		if known(v, issuers, &c.Issuer) {
+		if c.Issuer.setKnown(v, issuers) {
 			return nil
 		}
 		return c.Issuer.UnmarshalJSON(v)
 	case "sub":
 		return c.Subject.UnmarshalJSON(v)
 	case "aud":
-		if known(v, audiences, &c.Audience.one) {
+		if c.Audience.one.setKnown(v, audiences) {
 			return nil
 		}
 		return c.Audience.UnmarshalJSON(v)
@@ -86,9 +86,9 @@ func (c *tokenClaims) member(name, v []byte, issuers, audiences []string) error 
 	return nil
 }
 
-// known sets o to the string of list that the JSON string v holds, if v
+// setKnown sets o to the string of list that the JSON string v holds, if v
 // holds one without escapes, and reports whether it did.
-func known(v []byte, list []string, o *optString) bool {
+func (o *optString) setKnown(v []byte, list []string) bool {
 	if len(v) < 2 || v[0] != '"' {
 		return false
 	}
