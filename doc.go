@@ -3,7 +3,7 @@
 // handler, usually reverse_proxy, dials the upstream; refuses clients with
 // close codes a browser can read; and hands the claims on as placeholders.
 //
-// One request is decided in ServeHTTP (wsauth.go), in this order:
+// One request is decided in ServeHTTP and decide (wsauth.go), in this order:
 //
 //	checkHandshake          a WebSocket no server may accept: 400/426 (stream.go)
 //	checkClient             origin, client IP on the Blocklist, rate per IP (wsauth.go)

@@ -96,9 +96,8 @@ var (
 // that config is loaded: a reload closes a pending handshake with 1001, as
 // reverse_proxy closes the connections of the old config, and the tunnel
 // opens only if the config is still loaded when the upstream answers.
-func (h *Handler) serveFirstMessage(hs *handshake, next caddyhttp.Handler) error {
-	r := hs.r
-	hs.src = &firstMessageSource
+func (h *Handler) serveFirstMessage(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	hs := &handshake{w: w, r: r, src: &firstMessageSource}
 	// Until reverse_proxy takes the stream, whatever happens, even a panic,
 	// the client gets an answer: a Close frame once the module answered the
 	// handshake (hs.stream), else a status.

@@ -349,6 +349,11 @@ func (k *keyring) allowedAlgorithms(configured []string) ([]string, error) {
 // verify a token of alg (a canonical name: golang-jwt's) with the header
 // kid. It never touches the network except through a key set's
 // rate-limited refetch for an unknown kid.
+//
+// Static keys are found here, on a small frame; key sets in lookupKID and
+// lookupAll, whose frames are large (jwkset hands out JWKs by value): kept
+// out of lookup, they are not on the stack of a handshake that no key set
+// can verify, which would otherwise grow a fresh goroutine's stack.
 func (k *keyring) lookup(alg, kid string) (any, error) {
 	static := k.static[alg]
 	if len(k.sets) == 0 || !slices.Contains(k.setAlgs, alg) {
@@ -357,34 +362,47 @@ func (k *keyring) lookup(alg, kid string) (any, error) {
 		}
 		return static, nil
 	}
-
 	if kid != "" {
-		for i, set := range k.sets {
-			jwk, err := set.kf.Storage().KeyRead(k.ctx, kid)
-			if err != nil {
-				continue
-			}
-			key, err := setKeyFor(set, jwk, alg)
-			if err == nil {
-				return key, nil
-			}
-			// A kid may be listed twice (the same key for enc and for
-			// sig, or for two algs): another key of that kid may fit.
-			if key, ok := k.otherWithKID(k.sets[i:], kid, alg); ok {
-				return key, nil
-			}
-			return nil, err
-		}
-		if static != nil {
-			return static, nil
-		}
-		if err := k.unfetched(); err != nil {
-			return nil, err
-		}
-		return nil, fmt.Errorf("unknown kid %q", truncate(kid, 64))
+		return k.lookupKID(alg, kid, static)
 	}
+	return k.lookupAll(alg, static)
+}
 
-	// No kid: try every key that fits the algorithm.
+// lookupKID finds the key named kid in the key sets, or else the static
+// key of alg.
+//
+//go:noinline
+func (k *keyring) lookupKID(alg, kid string, static any) (any, error) {
+	for i, set := range k.sets {
+		jwk, err := set.kf.Storage().KeyRead(k.ctx, kid)
+		if err != nil {
+			continue
+		}
+		key, err := setKeyFor(set, jwk, alg)
+		if err == nil {
+			return key, nil
+		}
+		// A kid may be listed twice (the same key for enc and for
+		// sig, or for two algs): another key of that kid may fit.
+		if key, ok := k.otherWithKID(k.sets[i:], kid, alg); ok {
+			return key, nil
+		}
+		return nil, err
+	}
+	if static != nil {
+		return static, nil
+	}
+	if err := k.unfetched(); err != nil {
+		return nil, err
+	}
+	return nil, fmt.Errorf("unknown kid %q", truncate(kid, 64))
+}
+
+// lookupAll returns every key that fits alg, for a token without kid: the
+// static key of alg and those of the key sets.
+//
+//go:noinline
+func (k *keyring) lookupAll(alg string, static any) (any, error) {
 	var set jwt.VerificationKeySet
 	switch s := static.(type) {
 	case nil:

@@ -1386,6 +1386,101 @@ func TestLiveReadAhead(t *testing.T) {
 	}
 }
 
+// TestLiveHijackPair: the bufio pair a watched hijack hands out is the
+// server's own, pointed at the watch: its reader holds nothing and reads
+// nothing (a frame sent with the handshake, which the server read ahead,
+// or after it, is read from the connection, through the watch), and its
+// writer writes through the watch: what it writes reaches the client, and
+// once the watch ended it writes nothing.
+func TestLiveHijackPair(t *testing.T) {
+	for _, ahead := range []bool{true, false} {
+		t.Run(fmt.Sprintf("read ahead %v", ahead), func(t *testing.T) { testHijackPair(t, ahead) })
+	}
+}
+
+func testHijackPair(t *testing.T, ahead bool) {
+	h := watcherHandler(t)
+	sent := maskedText("early")
+	failed := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		failed <- func() (msg string) {
+			defer func() {
+				if v := recover(); v != nil {
+					msg = fmt.Sprint("panic: ", v)
+				}
+			}()
+			hs := handshake{w: w, r: r}
+			lc, lw := h.newLive(&hs, w, r)
+			defer lc.end()
+			lw.WriteHeader(http.StatusSwitchingProtocols)
+			conn, brw, err := http.NewResponseController(lw).Hijack()
+			if err != nil {
+				return "hijack: " + err.Error()
+			}
+			defer conn.Close()
+			if _, ok := conn.(*watchedConn); !ok {
+				return fmt.Sprintf("hijack gave a %T, not the watched connection", conn)
+			}
+			if n := brw.Reader.Buffered(); n != 0 {
+				return fmt.Sprintf("the reader holds %d bytes", n)
+			}
+			if _, err := brw.Reader.ReadByte(); err != io.EOF {
+				return fmt.Sprintf("reading the reader: %v, want EOF", err)
+			}
+			got := make([]byte, len(sent))
+			if _, err := io.ReadFull(conn, got); err != nil || !bytes.Equal(got, sent) {
+				return fmt.Sprintf("read %x, %v from the connection, want %x", got, err, sent)
+			}
+			if _, err := brw.WriteString("\x81\x02hi"); err != nil {
+				return "write: " + err.Error()
+			}
+			if err := brw.Flush(); err != nil {
+				return "flush: " + err.Error()
+			}
+			lc.end()
+			_, _ = brw.WriteString("\x81\x05after")
+			if err := brw.Flush(); !errors.Is(err, net.ErrClosed) {
+				return fmt.Sprintf("flush after the watch ended: %v, want net.ErrClosed", err)
+			}
+			return ""
+		}()
+	}))
+	defer srv.Close()
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	req := []byte("GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+	if ahead {
+		req = append(req, sent...)
+	}
+	if _, err := conn.Write(req); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %v, %v", resp, err)
+	}
+	if !ahead {
+		if _, err := conn.Write(sent); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if msg := <-failed; msg != "" {
+		t.Fatal(msg)
+	}
+	f, err := readFrame(br)
+	if err != nil || f.op != opText || string(f.payload) != "hi" {
+		t.Fatalf("the client read %+v, %v; want the text frame \"hi\"", f, err)
+	}
+	if f, err := readFrame(br); err == nil {
+		t.Errorf("after the watch ended the client read %+v", f)
+	}
+}
+
 // TestLiveConnSize: a liveConn, most of what ws_auth keeps for an idle
 // connection, fits the heap's 512-byte size class; past it, each
 // connection costs 576 bytes.

@@ -168,7 +168,7 @@ func FuzzKeyLookup(f *testing.F) {
 				t.Fatalf("lookup(%s, %q) gave a secret served over HTTP", alg, kid)
 			}
 		}
-		verifySignature(jwt.GetSigningMethod(alg), []byte("e30.e30"), sig, key)
+		verifySignature(jwt.GetSigningMethod(alg), "e30.e30", []byte("e30.e30"), sig, key)
 	})
 }
 

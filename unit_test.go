@@ -4,8 +4,10 @@ import (
 	"context"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/gorilla/websocket"
@@ -164,5 +166,65 @@ func TestClientStreamHTTP1(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the handler did not end after the close handshake")
+	}
+}
+
+// TestHandshakeAllocs: an accepted HS256 handshake allocates only what
+// outlives it: the connection's watch, the placeholders and their
+// registration with the replacer, and the user, jti and scope strings
+// (the handshake, the decode buffers and the HMAC's sum stay off the heap;
+// a change that moves one there shows here first). An iss or aud equal to
+// a configured one is that string, not a copy.
+func TestHandshakeAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector drops pooled objects at random")
+	}
+	h, _ := newHandler(t, &Handler{
+		TokenSources: []TokenSource{{Source: "query"}},
+		Issuers:      []string{"bench-issuer", "bench&issuer"},
+		Audiences:    []string{"other", "bench-aud"},
+		Secrets:      []string{testSecret},
+	})
+	h.logger = zap.NewNop()
+	tok := sign(t, jwt.SigningMethodHS256, []byte(testSecret), benchClaims(), "")
+	const runs = 100
+	reqs := make([]*http.Request, runs+1)
+	for i := range reqs {
+		reqs[i] = upgradeRequest("/ws?token=" + tok)
+	}
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
+	w := httptest.NewRecorder()
+	i := 0
+	n := testing.AllocsPerRun(runs, func() {
+		if err := h.ServeHTTP(w, reqs[i], next); err != nil {
+			t.Fatal(err)
+		}
+		i++
+	})
+	if n > 7 {
+		t.Errorf("an accepted handshake allocates %v times, want at most 7", n)
+	}
+
+	var id identity
+	if ref := h.verify(tok, &id); ref != nil {
+		t.Fatal(ref.detail)
+	}
+	if unsafe.StringData(id.claims.Issuer.s) != unsafe.StringData(h.issuers[0]) {
+		t.Error("iss is a copy of the configured issuer")
+	}
+	if unsafe.StringData(id.claims.Audience.one.s) != unsafe.StringData(h.audiences[1]) {
+		t.Error("aud is a copy of the configured audience")
+	}
+	// Spelled with an escape (encoding/json writes "&" as \u0026), an
+	// issuer is decoded, and accepted.
+	c := benchClaims()
+	c["iss"] = "bench&issuer"
+	esc := sign(t, jwt.SigningMethodHS256, []byte(testSecret), c, "")
+	if payload, _ := b64.DecodeString(strings.Split(esc, ".")[1]); !strings.Contains(string(payload), `\u0026`) {
+		t.Fatalf("the payload has no escape: %s", payload)
+	}
+	id = identity{}
+	if ref := h.verify(esc, &id); ref != nil || id.claims.Issuer.s != "bench&issuer" {
+		t.Errorf("iss with an escape: %v, %q", ref, id.claims.Issuer.s)
 	}
 }

@@ -527,10 +527,22 @@ func (lw *liveWriter) FlushError() error {
 // Hijack hands reverse_proxy the client's connection with the watch in
 // it. Bytes the server had read ahead are read through the watch too: the
 // returned reader holds none, and the connection reads them first.
+//
+// The returned bufio pair is the server's own, pointed at the watch, as
+// Caddy's access-log recorder points it at its byte counter: its writer
+// writes through the watch, and its reader, emptied, reads nothing. A pair
+// of our own would be 208 bytes of garbage per connection; the server's
+// is garbage anyway once reverse_proxy has flushed it.
 func (lw *liveWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	conn, brw, err := http.NewResponseController(lw.ResponseWriter).Hijack()
 	if err != nil || !lw.upgraded || lw.lc.stream {
 		return conn, brw, err
+	}
+	// What the writer holds (net/http's holds nothing) was written before
+	// the watch: it goes as it would have.
+	if err := brw.Writer.Flush(); err != nil {
+		conn.Close()
+		return nil, nil, err
 	}
 	lc := lw.lc
 	lc.conn, lc.dst = conn, conn
@@ -540,10 +552,14 @@ func (lw *liveWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	lc.src = conn
 	if brw.Reader.Buffered() > 0 {
 		lc.src = &drainReader{br: brw.Reader, conn: conn, lc: lc}
+		brw = bufio.NewReadWriter(bufio.NewReaderSize(eofReader{}, 16), brw.Writer)
+	} else {
+		brw.Reader.Reset(eofReader{})
 	}
 	lc.start()
 	wc := &watchedConn{Conn: conn, lc: lc}
-	return wc, bufio.NewReadWriter(bufio.NewReaderSize(eofReader{}, 16), bufio.NewWriterSize(wc, 16)), nil
+	brw.Writer.Reset(wc)
+	return wc, brw, nil
 }
 
 // watchedConn is the client connection reverse_proxy copies to and from.

@@ -19,7 +19,7 @@ import (
 // *refusal or nil; a refused request gets exactly one answer, from refuse,
 // and an accepted one goes to next with its placeholders set and its token
 // removed.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) (err error) {
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	upgrade := isUpgrade(r)
 	if upgrade {
 		// Before upgrades_only lets anything through: reverse_proxy would
@@ -30,77 +30,101 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	} else if h.UpgradesOnly {
 		return next.ServeHTTP(w, r)
 	}
+	p, err := h.decide(w, r, upgrade)
+	switch {
+	case p.firstMessage:
+		// The other checks passed; the token comes from the stream.
+		// serveFirstMessage recovers its own panics.
+		return h.serveFirstMessage(w, r, next)
+	case !p.accepted:
+		return err
+	}
+	if p.lc != nil {
+		defer p.lc.end()
+	}
+	err = next.ServeHTTP(p.w, r)
+	if err != nil && p.logged {
+		return h.answerError(p.w, r, err)
+	}
+	return err
+}
 
+// A pass is how an accepted request goes on from decide.
+type pass struct {
+	accepted     bool
+	firstMessage bool // no token in the request: first_message reads one
+	logged       bool // the request holds a token Caddy would log
+	w            http.ResponseWriter
+	lc           *liveConn // the watch of an accepted WebSocket
+}
+
+// decide runs the checks of ServeHTTP up to the next handler, and answers
+// a refused request itself. The handshake being decided is on decide's
+// frame rather than in a heap object per handshake, and the frame is gone
+// before ServeHTTP calls the next handler, which runs on that stack for the
+// connection's whole life (reverse_proxy's tunnel).
+func (h *Handler) decide(w http.ResponseWriter, r *http.Request, upgrade bool) (p pass, err error) {
+	hs := handshake{w: w, r: r}
 	// A panic in the decision is a bug, but one that a client may trigger
 	// at will: it must still get an answer, and the connection a close.
 	// Panics of the handlers after ws_auth are theirs, and Caddy's.
-	handedOn := false
+	slot := false
+	var iss, user string
 	defer func() {
-		if handedOn {
-			return
-		}
 		if v := recover(); v != nil {
-			err = h.recovered(&handshake{w: w, r: r}, v)
+			if slot {
+				h.slots.Give(iss, user)
+			}
+			p, err = pass{}, h.recovered(&hs, v)
 		}
 	}()
 
-	hs := &handshake{w: w, r: r}
 	if ref := h.checkClient(r); ref != nil {
-		return h.refuse(hs, ref)
+		return p, h.refuse(&hs, ref)
 	}
 	token, src, err := extract(r, h.sources)
 	hs.src = src
 	if err != nil {
-		return h.refuse(hs, refuseRepeatedToken)
+		return p, h.refuse(&hs, refuseRepeatedToken)
 	}
 	if src == nil {
 		if h.firstMsg != nil && upgrade {
-			handedOn = true // serveFirstMessage recovers its own panics
-			return h.serveFirstMessage(hs, next)
+			return pass{firstMessage: true}, nil
 		}
-		return h.refuse(hs, refuseMissing)
+		return p, h.refuse(&hs, refuseMissing)
 	}
 	hs.token = token
 	if ref := h.checkToken(token, &hs.id); ref != nil {
-		return h.refuse(hs, ref)
+		return p, h.refuse(&hs, ref)
 	}
-	slot := false
 	if !upgrade && h.joint != nil {
-		if ref := h.joint.admitRate(hs); ref != nil {
-			return h.refuse(hs, ref)
+		if ref := h.joint.admitRate(&hs); ref != nil {
+			return p, h.refuse(&hs, ref)
 		}
 	}
 	if upgrade {
 		var ref *refusal
-		if slot, ref = h.takeSlot(hs); ref != nil {
-			return h.refuse(hs, ref)
+		if slot, ref = h.takeSlot(&hs); ref != nil {
+			return p, h.refuse(&hs, ref)
 		}
-		if slot {
-			// Given back by the connection's end, or here if it never
-			// gets one.
-			iss, user := hs.id.claims.Issuer.s, hs.id.user
-			defer func() {
-				if slot {
-					h.slots.Give(iss, user)
-				}
-			}()
-		}
+		// Given back by the connection's end, or on a panic before it
+		// gets one.
+		iss, user = hs.id.claims.Issuer.s, hs.id.user
 	}
 	hs.id.source = src.kind
-	h.accepted(hs)
+	h.accepted(&hs)
 
 	// Caddy logs a request whose handler chain fails with the request as it
 	// arrived, stripped or not, and only redacts the credential headers: a
 	// token anywhere else would be in that log line, so ws_auth answers
 	// such a failure itself.
-	logged := false
 	creds := logsCredentials(r)
 	for i := range h.sources {
 		// Every source that holds a value, not only the one that won: a
 		// session cookie riding along with a query token is a token too.
 		s := &h.sources[i]
 		if _, n := s.read(r); n > 0 || s == src {
-			logged = logged || creds || !s.redactedByCaddy()
+			p.logged = p.logged || creds || !s.redactedByCaddy()
 			switch {
 			case h.strip, s != src:
 				// With strip_token off, the verified value goes on, and
@@ -123,19 +147,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			// Refresh messages must reach the module uncompressed.
 			r.Header.Del("Sec-Websocket-Extensions")
 		}
-		var lc *liveConn
-		lc, w = h.newLive(hs, w, r)
+		p.lc, w = h.newLive(&hs, w, r)
 		if slot {
-			lc.slots, slot = h.slots, false
+			p.lc.slots, slot = h.slots, false
 		}
-		defer lc.end()
 	}
-	handedOn = true
-	err = next.ServeHTTP(w, r)
-	if err != nil && logged {
-		return h.answerError(w, r, err)
-	}
-	return err
+	p.accepted, p.w = true, w
+	return p, nil
 }
 
 // recovered answers a request whose decision panicked, as internal_error:
