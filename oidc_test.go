@@ -172,3 +172,70 @@ func TestOIDCIssuerMismatch(t *testing.T) {
 		}
 	}
 }
+
+// providerShapedSet is a key set as providers publish theirs: an RSA key
+// with alg and one without (Entra ID, Google), the same kid listed for enc
+// before sig (Keycloak), an Ed25519 key with its certificate and no alg, an
+// oct key (never used from a remote set), and keys ws_auth cannot use
+// (secp256k1, a point off its curve, a malformed x5c).
+func providerShapedSet(t *testing.T) []byte {
+	keys := testKeys()
+	bad := unusableKeys(t)
+	members := jwkMembers(
+		jwkUse(t, &rotationKeys()[0].PublicKey, "dup", jwkset.AlgRSAOAEP, jwkset.UseEnc),
+		jwkUse(t, &keys.rsa.PublicKey, "dup", jwkset.AlgRS256, jwkset.UseSig),
+		jwkOf(t, &keys.rsa.PublicKey, "rsa-1", jwkset.AlgRS256),
+		jwkOf(t, &keys.ec.PublicKey, "ec-noalg", ""),
+	)
+	members = append(members, ed25519WithCert(t, "ed-cert", ""), octMember("oct-1", []byte(testSecret), "HS256"),
+		bad["secp256k1"], bad["off-curve"], bad["x5c-string"])
+	return keySetOf(members...)
+}
+
+// TestProviderShapedSetOverHTTPS: a provider-shaped key set served over
+// https by a provider with its own CA verifies what it should and refuses
+// the rest, through discovery and as a jwks, with the placeholders right.
+func TestProviderShapedSetOverHTTPS(t *testing.T) {
+	keys := testKeys()
+	idp := newIdP(t)
+	idp.mu.Lock()
+	idp.keys = providerShapedSet(t)
+	idp.mu.Unlock()
+	trust := " {\n\t\t\ttls_trust_pool file " + idp.caFile + "\n\t\t}"
+	iss := idp.issuerURL()
+	tok := func(method jwt.SigningMethod, key any, kid, user string) string {
+		c := claims(user)
+		c["iss"], c["aud"] = iss, testAudience
+		return sign(t, method, key, c, kid)
+	}
+	cases := []struct{ name, token, want string }{
+		{"RS256, the sig key of a kid also listed for enc", tok(jwt.SigningMethodRS256, keys.rsa, "dup", "dup-user"), "accepted"},
+		{"RS256 by kid", tok(jwt.SigningMethodRS256, keys.rsa, "rsa-1", "rsa-user"), "accepted"},
+		{"ES256, a key without alg", tok(jwt.SigningMethodES256, keys.ec, "ec-noalg", "ec-user"), "accepted"},
+		{"EdDSA, a key with its certificate and no alg", tok(jwt.SigningMethodEdDSA, keys.ed, "ed-cert", "ed-user"), "accepted"},
+		{"RS256 without kid", tok(jwt.SigningMethodRS256, keys.rsa, "", "nokid-user"), "accepted"},
+		{"HS256 with the published oct key", tok(jwt.SigningMethodHS256, []byte(testSecret), "oct-1", "oct-user"), "close 1008 invalid"},
+		{"a token naming the skipped secp256k1 key", tok(jwt.SigningMethodES256, keys.ec, "secp256k1", "k1-user"), "close 1008 invalid"},
+		{"RS256 by another key under a published kid", tok(jwt.SigningMethodRS256, attackerKeys().rsa, "rsa-1", "mallory"), "close 1008 invalid"},
+	}
+	for _, form := range []struct{ name, option string }{
+		{"oidc", "oidc " + iss + trust},
+		{"jwks", "jwks " + idp.URL + "/realms/app/protocol/openid-connect/certs" + trust + "\n\t\tissuer " + iss},
+	} {
+		t.Run(form.name, func(t *testing.T) {
+			up := newLiveUpstream(t)
+			addr := startCaddy(t, idpSite(form.option, "audience "+testAudience), up.addr())
+			accepted := 0
+			for _, tc := range cases {
+				if got := dialOutcome(t, addr, "/ws", tc.token); got != tc.want {
+					t.Errorf("%s: %s, want %s", tc.name, got, tc.want)
+				} else if got == "accepted" {
+					if user := up.header(t, accepted).Get("X-User"); !strings.HasSuffix(user, "-user") {
+						t.Errorf("%s: the upstream saw X-User %q", tc.name, user)
+					}
+					accepted++
+				}
+			}
+		})
+	}
+}
