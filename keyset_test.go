@@ -499,6 +499,22 @@ func TestAlgNotAccepted(t *testing.T) {
 	}
 }
 
+// TestAlgNotAcceptedLogged: a token of an algorithm the handler does not
+// accept is refused with a log line that names the algorithm.
+func TestAlgNotAcceptedLogged(t *testing.T) {
+	up := newUpstream(t)
+	addr, logged := startCaddyLogged(t, "\tws_auth {\n\t\tsecret "+testSecret+"\n\t\talgorithms HS256\n\t}\n\treverse_proxy %UPSTREAM%", up.addr())
+	tok := sign(t, jwt.SigningMethodHS384, []byte(testSecret), claims("alice"), "")
+	runTokenCases(t, addr, "close", []attackCase{{"HS384 where only HS256 is accepted", tok, "invalid"}})
+	e := findLog(logged(), map[string]string{"msg": "websocket refused", "reason": "invalid"})
+	if e == nil {
+		t.Fatal("no refusal logged")
+	}
+	if d, _ := e["detail"].(string); d != `signing algorithm not accepted: "HS384"` {
+		t.Errorf("refusal detail %q, want it to name HS384", d)
+	}
+}
+
 // TestKeySetErrorsNameTheSet: what an operator reads names the key set it
 // is about: a refusal for keys that were never fetched, the warning of a
 // failed fetch (which says whether a last good set serves), a load error.

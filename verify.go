@@ -361,7 +361,7 @@ func (h *Handler) verify(token string, id *identity) *refusal {
 	}
 	method := h.methods[string(alg)]
 	if method == nil {
-		return &refusal{reason: reasonInvalid, detail: errAlg}
+		return &refusal{reason: reasonInvalid, detail: algNotAccepted(alg)}
 	}
 	key, err := h.keys.lookup(method.Alg(), string(kid))
 	if err != nil {
