@@ -127,6 +127,18 @@ func redactURL(u *url.URL) string {
 	return u.Scheme + "://" + u.Host + u.EscapedPath()
 }
 
+// timing is the set's refresh and fetch timeout, defaults filled in.
+func (src *JWKSSource) timing() (refresh, timeout time.Duration) {
+	refresh, timeout = time.Duration(src.Refresh), time.Duration(src.Timeout)
+	if refresh == 0 {
+		refresh = defaultJWKSRefresh
+	}
+	if timeout == 0 {
+		timeout = defaultJWKSTimeout
+	}
+	return refresh, timeout
+}
+
 // loadRemoteSet returns the pooled set for src, fetching it the first time.
 // src has passed checkJWKSSource; its URL, with placeholders replaced, is
 // checked here, where it has its value.
@@ -135,13 +147,7 @@ func loadRemoteSet(src *JWKSSource, trust *trustPool, logger *zap.Logger) (keyfu
 	if err != nil {
 		return nil, "", err
 	}
-	refresh, timeout := time.Duration(src.Refresh), time.Duration(src.Timeout)
-	if refresh == 0 {
-		refresh = defaultJWKSRefresh
-	}
-	if timeout == 0 {
-		timeout = defaultJWKSTimeout
-	}
+	refresh, timeout := src.timing()
 	key := jwksPoolKey(src.URL, refresh, timeout) + trust.key()
 	val, _, err := jwksSets.LoadOrNew(key, func() (caddy.Destructor, error) {
 		return newRemoteSet(u, refresh, timeout, trust)

@@ -149,13 +149,7 @@ func loadOIDC(src *JWKSSource, trust *trustPool, logger *zap.Logger) (*oidcSet, 
 	if err != nil {
 		return nil, "", err
 	}
-	refresh, timeout := time.Duration(src.Refresh), time.Duration(src.Timeout)
-	if refresh == 0 {
-		refresh = defaultJWKSRefresh
-	}
-	if timeout == 0 {
-		timeout = defaultJWKSTimeout
-	}
+	refresh, timeout := src.timing()
 	key := "oidc|" + jwksPoolKey(src.URL, refresh, timeout) + trust.key()
 	val, _, err := oidcSets.LoadOrNew(key, func() (caddy.Destructor, error) {
 		o := &oidcSet{
