@@ -138,21 +138,10 @@ func startRedisSentinel(t testing.TB, replica bool) *redisSentinel {
 	return s
 }
 
-// waitRedis calls try until it returns "", for at most d, and fails the
-// test with try's last answer and the servers' outputs.
+// waitRedis is eventually, failing with the servers' outputs too.
 func waitRedis(t testing.TB, d time.Duration, what string, try func() string, outputs func() string) {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		msg := try()
-		if msg == "" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v: %s\n%s", what, d, msg, outputs())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	eventually(t, d, what, try, outputs)
 }
 
 // redisFields reads a reply of field-value pairs, as redisDo flattens it

@@ -84,8 +84,9 @@ func clusterURL(t *testing.T) string {
 }
 
 // eventually calls try until it returns "", for at most d, and fails the
-// test with try's last answer.
-func eventually(t *testing.T, d time.Duration, what string, try func() string) {
+// test with try's last answer, and what each of more says (servers'
+// outputs, say).
+func eventually(t testing.TB, d time.Duration, what string, try func() string, more ...func() string) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
@@ -94,6 +95,9 @@ func eventually(t *testing.T, d time.Duration, what string, try func() string) {
 			return
 		}
 		if time.Now().After(deadline) {
+			for _, m := range more {
+				msg += "\n" + m()
+			}
 			t.Fatalf("%s: after %v: %s", what, d, msg)
 		}
 		time.Sleep(50 * time.Millisecond)
