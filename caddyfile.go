@@ -1,6 +1,7 @@
 package wsauth
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -159,6 +160,8 @@ var caddyfileOptions = map[string]caddyfileOption{
 	"oidc":                 {parse: (*caddyfileParser).oidc},
 	"token_cache":          {once: true, parse: (*caddyfileParser).tokenCache},
 	"jwks_file":            {parse: (*caddyfileParser).jwksFile},
+	"introspect":           {once: true, parse: (*caddyfileParser).introspect},
+	"session_check":        {once: true, parse: (*caddyfileParser).sessionCheck},
 	"algorithms":           {parse: (*caddyfileParser).algorithms},
 	"issuer":               {parse: (*caddyfileParser).issuer},
 	"audience":             {parse: (*caddyfileParser).audience},
@@ -266,22 +269,9 @@ func (p *caddyfileParser) remoteSource(opt string) (*JWKSSource, error) {
 		}
 		last = sub
 		if sub == "tls_trust_pool" {
-			if src.CARaw != nil {
-				return nil, d.Errf("%s tls_trust_pool: already specified", opt)
+			if src.CARaw, err = p.trustPool(opt, src.CARaw); err != nil {
+				return nil, err
 			}
-			if !d.NextArg() {
-				return nil, d.Errf("%s tls_trust_pool: missing module name (file, inline, ...)", opt)
-			}
-			name := d.Val()
-			mod, err := caddyfile.UnmarshalModule(d, "tls.ca_pool.source."+name)
-			if err != nil {
-				return nil, fmt.Errorf("%s tls_trust_pool: %w", opt, err) // err names the line
-			}
-			ca, ok := mod.(caddytls.CA)
-			if !ok {
-				return nil, d.Errf("%s tls_trust_pool: module %s is no CA pool", opt, name)
-			}
-			src.CARaw = caddyconfig.JSONModuleObject(ca, "provider", name, nil)
 			continue
 		}
 		var dst *caddy.Duration
@@ -311,6 +301,158 @@ func (p *caddyfileParser) remoteSource(opt string) (*JWKSSource, error) {
 		*dst = caddy.Duration(dur)
 	}
 	return src, nil
+}
+
+// trustPool parses `tls_trust_pool <module> ...` in opt's block, as
+// reverse_proxy's transport writes it; had is what an earlier one set.
+func (p *caddyfileParser) trustPool(opt string, had json.RawMessage) (json.RawMessage, error) {
+	d := p.d
+	if had != nil {
+		return nil, d.Errf("%s tls_trust_pool: already specified", opt)
+	}
+	if !d.NextArg() {
+		return nil, d.Errf("%s tls_trust_pool: missing module name (file, inline, ...)", opt)
+	}
+	name := d.Val()
+	mod, err := caddyfile.UnmarshalModule(d, "tls.ca_pool.source."+name)
+	if err != nil {
+		return nil, fmt.Errorf("%s tls_trust_pool: %w", opt, err) // err names the line
+	}
+	ca, ok := mod.(caddytls.CA)
+	if !ok {
+		return nil, d.Errf("%s tls_trust_pool: module %s is no CA pool", opt, name)
+	}
+	return caddyconfig.JSONModuleObject(ca, "provider", name, nil), nil
+}
+
+// introspect parses `introspect <url> { ... }`.
+func (p *caddyfileParser) introspect() error {
+	d := p.d
+	in := &Introspection{}
+	var err error
+	if in.URL, err = oneArg(d); err != nil {
+		return err
+	}
+	if err := checkCheckURL("introspect", in.URL, true); err != nil {
+		return d.WrapErr(err)
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		var dst *string
+		switch sub {
+		case "client_id":
+			dst = &in.ClientID
+		case "client_secret":
+			dst = &in.ClientSecret
+		case "bearer_token":
+			dst = &in.BearerToken
+		default:
+			if err := p.checkOption("introspect", &in.CheckOptions); err != nil {
+				return err
+			}
+			continue
+		}
+		if *dst != "" {
+			return d.Errf("introspect %s: already specified", sub)
+		}
+		if *dst, err = oneArgOf(d, "introspect "+sub); err != nil {
+			return err
+		}
+	}
+	p.h.Introspect = in
+	return nil
+}
+
+// sessionCheck parses `session_check <url> { ... }`.
+func (p *caddyfileParser) sessionCheck() error {
+	d := p.d
+	sc := &SessionCheck{}
+	var err error
+	if sc.URL, err = oneArg(d); err != nil {
+		return err
+	}
+	if err := checkCheckURL("session_check", sc.URL, false); err != nil {
+		return d.WrapErr(err)
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		var dst *string
+		switch sub {
+		case "user_header":
+			dst = &sc.UserHeader
+		case "scopes_header":
+			dst = &sc.ScopesHeader
+		default:
+			if err := p.checkOption("session_check", &sc.CheckOptions); err != nil {
+				return err
+			}
+			continue
+		}
+		if *dst != "" {
+			return d.Errf("session_check %s: already specified", sub)
+		}
+		if *dst, err = oneArgOf(d, "session_check "+sub); err != nil {
+			return err
+		}
+		if !validHeaderName(*dst) {
+			return d.Errf("session_check %s: %q is not a header name", sub, *dst)
+		}
+	}
+	p.h.SessionCheck = sc
+	return nil
+}
+
+// checkOption parses the sub-options that introspect and session_check
+// share: `cache <ttl> [<negative_ttl>]`, `timeout <duration>` and
+// `tls_trust_pool <module> ...`.
+func (p *caddyfileParser) checkOption(opt string, o *CheckOptions) error {
+	d := p.d
+	sub := d.Val()
+	var err error
+	switch sub {
+	case "tls_trust_pool":
+		o.CARaw, err = p.trustPool(opt, o.CARaw)
+		return err
+	case "cache":
+		if o.Cache != nil {
+			return d.Errf("%s cache: already specified", opt)
+		}
+		args := d.RemainingArgs()
+		if len(args) < 1 || len(args) > 2 {
+			return d.Errf("%s cache: want cache <ttl> [<negative_ttl>]", opt)
+		}
+		var ds [2]caddy.Duration
+		for i, a := range args {
+			v, err := caddy.ParseDuration(a)
+			if err != nil {
+				return d.Errf("%s cache: invalid duration %q", opt, a)
+			}
+			ds[i] = caddy.Duration(v)
+		}
+		o.Cache = &ds[0]
+		if len(args) == 2 {
+			o.NegativeCache = &ds[1]
+		}
+	case "timeout":
+		if o.Timeout != 0 {
+			return d.Errf("%s timeout: already specified", opt)
+		}
+		v, err := oneArgOf(d, opt+" timeout")
+		if err != nil {
+			return err
+		}
+		dur, err := caddy.ParseDuration(v)
+		if err != nil || dur <= 0 {
+			return d.Errf("%s timeout: invalid duration %q", opt, v)
+		}
+		o.Timeout = caddy.Duration(dur)
+	default:
+		return d.Errf("%s: unrecognized subdirective '%s'", opt, sub)
+	}
+	if err := o.check(opt); err != nil {
+		return d.WrapErr(err)
+	}
+	return nil
 }
 
 // tokenCache parses `token_cache <entries> [<max_age>]`, or
@@ -789,6 +931,9 @@ func (p *caddyfileParser) checkBlock(directive caddyfile.Token) error {
 	if err := checkHandlerKeyTypes(h); err != nil {
 		if errors.Is(err, errNoKeyConfigured) {
 			return errAt(directive, "ws_auth: %v", err)
+		}
+		if h.Introspect != nil || h.SessionCheck != nil {
+			return errAt(directive, "%v", err)
 		}
 		for _, alg := range h.Algorithms {
 			if err := checkKeyTypes(len(h.Secrets), len(h.PublicKeys), len(h.JWKS)+len(h.JWKSFiles), []string{alg}); err != nil {

@@ -191,7 +191,7 @@ func TestCaddyfileValidate(t *testing.T) {
 			name:  "no key",
 			site:  "\tws_auth {\n\t\tissuer me\n\t}",
 			stage: "adapt",
-			want:  []string{"ws_auth: no key configured: need secret, public_key, jwks or jwks_file", ", at Caddyfile:2"},
+			want:  []string{"ws_auth: no key configured: need secret, public_key, jwks, oidc or jwks_file (or introspect or session_check for opaque credentials)", ", at Caddyfile:2"},
 		},
 		{
 			name:  "public_key missing file",
@@ -421,7 +421,7 @@ func TestCaddyfileValidate(t *testing.T) {
 		{
 			name:    "no key",
 			handler: `{"handler":"ws_auth","issuers":["me"]}`,
-			want:    []string{"no key configured: need secret, public_key, jwks or jwks_file"},
+			want:    []string{"no key configured: need secret, public_key, jwks, oidc or jwks_file (or introspect or session_check for opaque credentials)"},
 		},
 		{
 			name:    "algorithms that no key type verifies",

@@ -152,6 +152,7 @@ func (h *Handler) serveFirstMessage(w http.ResponseWriter, r *http.Request, next
 	}
 	cs.setDeadline(time.Time{})
 
+	hs.token = token // kept by the live connection of an opaque one
 	if ref := h.checkToken(token, &hs.id); ref != nil {
 		return h.refuse(hs, ref)
 	}

@@ -92,7 +92,7 @@ func algNotAccepted(alg []byte) error {
 }
 
 // errNoKeyConfigured is the error for a handler without any key source.
-var errNoKeyConfigured = errors.New("no key configured: need secret, public_key, jwks or jwks_file")
+var errNoKeyConfigured = errors.New("no key configured: need secret, public_key, jwks, oidc or jwks_file (or introspect or session_check for opaque credentials)")
 
 // isAsymmetric reports whether alg is verified with a public key.
 func isAsymmetric(alg string) bool {
@@ -137,6 +137,9 @@ func checkKeyTypes(secrets, publicKeys, keySets int, algorithms []string) error 
 
 // checkHandlerKeyTypes is checkKeyTypes for a handler's configuration.
 func checkHandlerKeyTypes(h *Handler) error {
+	if h.Introspect != nil || h.SessionCheck != nil {
+		return h.checkOpaque()
+	}
 	return checkKeyTypes(len(h.Secrets), len(h.PublicKeys), len(h.JWKS)+len(h.OIDC)+len(h.JWKSFiles), h.Algorithms)
 }
 

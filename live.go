@@ -95,6 +95,11 @@ type liveConn struct {
 	refreshNext int64
 	msgKey      string // the user's key in a message limit per user
 
+	// cred is the opaque credential that authenticated the connection,
+	// which revalidate asks its endpoint about again; nil for a JWT.
+	// Guarded by mu once the connection started (a refresh replaces it).
+	cred *heldCredential
+
 	writer liveWriter
 }
 
@@ -114,6 +119,9 @@ func (h *Handler) newLive(hs *handshake, w http.ResponseWriter, r *http.Request)
 		jti:    hs.id.claims.ID.s,
 	}
 	c.expires = hs.id.expires()
+	if h.opaque != nil && h.Revalidate > 0 {
+		c.cred = h.hold(hs.token, hs.id.from)
+	}
 	c.writer = liveWriter{ResponseWriter: w, lc: c, switched: int16(switchedStatus(r))}
 	if isExtendedConnect(r) {
 		c.stream = true
@@ -164,7 +172,13 @@ func (c *liveConn) closing() bool { return c.state.Load() != stateOpen }
 
 // deadline is when the connection expires: exp plus the leeway. c.mu must
 // be held, or the connection not started.
-func (c *liveConn) deadline() time.Time { return c.expires.Add(time.Duration(c.h.Leeway)) }
+// The zero time: none (an opaque credential without exp).
+func (c *liveConn) deadline() time.Time {
+	if c.expires.IsZero() {
+		return time.Time{}
+	}
+	return c.expires.Add(time.Duration(c.h.Leeway))
+}
 
 func (c *liveConn) expire() { c.shut(c.h.codes[reasonExpired], "expired") }
 
@@ -334,6 +348,9 @@ func (c *liveConn) refreshWith(token string) {
 	exp := id.expires()
 	c.mu.Lock()
 	c.expires, c.jti = exp, id.claims.ID.s
+	if c.cred != nil {
+		c.cred = c.h.hold(token, nil)
+	}
 	deadline := c.deadline()
 	c.mu.Unlock()
 	liveConns.reschedule(c, deadline)
@@ -341,7 +358,11 @@ func (c *liveConn) refreshWith(token string) {
 	b := append(msg[:0], `{"type":"`...)
 	b = append(b, c.h.refresh...)
 	b = append(b, `_ok","exp":`...)
-	b = strconv.AppendInt(b, exp.Unix(), 10)
+	if exp.IsZero() {
+		b = append(b, "null"...) // an opaque credential without exp
+	} else {
+		b = strconv.AppendInt(b, exp.Unix(), 10)
+	}
 	b = append(b, '}')
 	var frame [160]byte
 	c.inject(appendTextFrame(frame[:0], b), false)
@@ -365,13 +386,15 @@ func (c *liveConn) blocked(t time.Time) bool {
 type registry struct {
 	mu       sync.RWMutex
 	conns    map[*liveConn]struct{}
+	rechecks map[*liveConn]struct{} // those whose credential revalidate asks about
+	sweeping bool                   // the rechecks' goroutine runs
 	next     atomic.Uint64
 	expiries expiryHeap  // the connections with expire_connections on
 	timer    *time.Timer // fires at timerAt, the earliest expiry
 	timerAt  int64
 }
 
-var liveConns = &registry{conns: make(map[*liveConn]struct{})}
+var liveConns = &registry{conns: make(map[*liveConn]struct{}), rechecks: make(map[*liveConn]struct{})}
 
 func (reg *registry) add(c *liveConn) {
 	c.id = reg.next.Add(1)
@@ -379,10 +402,13 @@ func (reg *registry) add(c *liveConn) {
 	reg.mu.Lock()
 	defer reg.mu.Unlock()
 	reg.conns[c] = struct{}{}
-	if c.h.expire {
+	if c.h.expire && !c.expires.IsZero() {
 		c.expireAt = c.deadline().UnixNano()
 		heap.Push(&reg.expiries, c)
 		reg.arm()
+	}
+	if c.cred != nil {
+		reg.addRecheck(c)
 	}
 }
 
@@ -390,20 +416,34 @@ func (reg *registry) remove(c *liveConn) {
 	reg.mu.Lock()
 	defer reg.mu.Unlock()
 	delete(reg.conns, c)
+	delete(reg.rechecks, c)
 	if c.heapIdx >= 0 {
 		heap.Remove(&reg.expiries, c.heapIdx)
 	}
 }
 
-// reschedule moves c's expiry to deadline (a refresh).
+// reschedule moves c's expiry to deadline (a refresh, or an opaque
+// credential's new answer); a zero deadline is none.
 func (reg *registry) reschedule(c *liveConn, deadline time.Time) {
 	reg.mu.Lock()
 	defer reg.mu.Unlock()
-	if c.heapIdx >= 0 {
+	if _, live := reg.conns[c]; !live || !c.h.expire {
+		return
+	}
+	switch {
+	case deadline.IsZero():
+		if c.heapIdx >= 0 {
+			heap.Remove(&reg.expiries, c.heapIdx)
+		}
+		return
+	case c.heapIdx >= 0:
 		c.expireAt = deadline.UnixNano()
 		heap.Fix(&reg.expiries, c.heapIdx)
-		reg.arm()
+	default:
+		c.expireAt = deadline.UnixNano()
+		heap.Push(&reg.expiries, c)
 	}
+	reg.arm()
 }
 
 // arm sets the timer to the earliest expiry; reg.mu must be held.

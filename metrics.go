@@ -26,6 +26,7 @@ type moduleMetrics struct {
 	active     prometheus.GaugeFunc
 	dropped    prometheus.Counter
 	cacheVec   *prometheus.CounterVec // result: hit or miss
+	checksVec  *prometheus.CounterVec // check, result: introspect and session_check
 
 	cacheHit, cacheMiss prometheus.Counter
 
@@ -64,6 +65,10 @@ func newModuleMetrics(live func() int) *moduleMetrics {
 			Namespace: ns, Subsystem: sub, Name: "token_cache_total",
 			Help: "Token checks by the verified-token cache: hit (no signature check) or miss.",
 		}, []string{"result"}),
+		checksVec: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "credential_checks_total",
+			Help: "Opaque credentials judged by introspect or session_check, by check and result: cached (no call), active, refused, invalid (not sendable) or unavailable.",
+		}, []string{"check", "result"}),
 		closed: make(map[string]prometheus.Counter, int(numReasons)+len(closeTexts)),
 	}
 	m.cacheHit, m.cacheMiss = m.cacheVec.WithLabelValues("hit"), m.cacheVec.WithLabelValues("miss")
@@ -88,6 +93,13 @@ func (m *moduleMetrics) closedWith(text string) {
 	c.Inc()
 }
 
+// credentialCheck counts an opaque credential judged by check
+// (introspect or session_check) with result. Off the JWT path: the label
+// lookup is next to an HTTP call or a cache lookup.
+func (m *moduleMetrics) credentialCheck(check, result string) {
+	m.checksVec.WithLabelValues(check, result).Inc()
+}
+
 // droppedBy counts a client message over rate_limit messages that is not
 // forwarded while the connection stays open (drop, notify); with close,
 // closed_total counts the close instead.
@@ -106,7 +118,7 @@ func (m *moduleMetrics) register(reg *prometheus.Registry, logger *zap.Logger) {
 	if reg == nil {
 		return
 	}
-	for _, c := range []prometheus.Collector{m.handshakes, m.closedVec, m.active, m.dropped, m.cacheVec} {
+	for _, c := range []prometheus.Collector{m.handshakes, m.closedVec, m.active, m.dropped, m.cacheVec, m.checksVec} {
 		err := reg.Register(c)
 		var are prometheus.AlreadyRegisteredError
 		if err == nil || errors.As(err, &are) && are.ExistingCollector == c {

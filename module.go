@@ -71,6 +71,16 @@ type Handler struct {
 	// Local JWK Set files.
 	JWKSFiles []string `json:"jwks_files,omitempty"`
 
+	// Opaque tokens, judged by their authorization server's RFC 7662
+	// introspection endpoint instead of keys. Not with the key sources
+	// above, nor with session_check.
+	Introspect *Introspection `json:"introspect,omitempty"`
+
+	// An app's own sessions (a session cookie, or a token only the app
+	// knows), judged by an endpoint of the app instead of keys. Not with
+	// the key sources above, nor with introspect.
+	SessionCheck *SessionCheck `json:"session_check,omitempty"`
+
 	// The verified-token cache: a token verified once is accepted again
 	// without another signature check until the earliest of its exp, the
 	// cache's max_age, and a change of the key that verified it; the
@@ -223,6 +233,7 @@ type Handler struct {
 	unsubscribe   func()          // from the blocklist file's changes
 	store         Store           // nil: none
 	tokens        *tokenCache     // nil: off
+	opaque        *checker        // introspect or session_check; nil: JWTs
 	joint         *jointAdmission // a shared rate and a cap in one round trip; nil: none
 	slots         ConnectionSlots // max_connections_per_user's counts
 	ipFailures    FailureCounter  // block_after's counts; nil: no bans
@@ -406,6 +417,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.watchBlocklist(ctx, file)
 
+	if h.Introspect != nil || h.SessionCheck != nil {
+		if h.opaque, err = newChecker(ctx, h); err != nil {
+			return err
+		}
+		h.opaque.logLoaded(h.logger)
+		return nil
+	}
 	h.tokens = newTokenCache(h.TokenCache)
 	h.keys, err = loadKeys(ctx, h, h.logger)
 	if err != nil {
@@ -441,6 +459,9 @@ func (h *Handler) Validate() error {
 func (h *Handler) Cleanup() error {
 	if h.keys != nil {
 		h.keys.close()
+	}
+	if h.opaque != nil {
+		h.opaque.close()
 	}
 	if h.limiterKey != "" {
 		_, _ = rateLimiters.Delete(h.limiterKey)

@@ -49,14 +49,20 @@ func loadTrust(ctx caddy.Context, src *JWKSSource) (*trustPool, error) {
 	if src.CARaw == nil {
 		return nil, nil
 	}
-	sum := sha256.Sum256(src.CARaw)
-	mod, err := ctx.LoadModule(src, "CARaw")
+	return loadTrustPool(ctx, src, src.CARaw, jwksName(src.URL))
+}
+
+// loadTrustPool loads the tls_trust_pool raw of the struct that holds it
+// in its field CARaw; name says whose it is, for errors.
+func loadTrustPool(ctx caddy.Context, holder any, raw json.RawMessage, name string) (*trustPool, error) {
+	sum := sha256.Sum256(raw)
+	mod, err := ctx.LoadModule(holder, "CARaw")
 	if err != nil {
-		return nil, fmt.Errorf("%s tls_trust_pool: %v", jwksName(src.URL), err)
+		return nil, fmt.Errorf("%s tls_trust_pool: %v", name, err)
 	}
 	ca, ok := mod.(caddytls.CA)
 	if !ok {
-		return nil, fmt.Errorf("%s tls_trust_pool: module %T is no CA pool", jwksName(src.URL), mod)
+		return nil, fmt.Errorf("%s tls_trust_pool: module %T is no CA pool", name, mod)
 	}
 	return &trustPool{pool: ca.CertPool(), id: hex.EncodeToString(sum[:8])}, nil
 }

@@ -28,6 +28,10 @@ type identity struct {
 	granted  scopeList // the scopes the token grants, from the configured claim
 
 	lazy lazyClaims // every claim, decoded on first use
+
+	// from is the source that yielded the credential, as an opaque
+	// credential is sent on to be judged; nil: a refresh message's.
+	from *tokenSource
 }
 
 // lazyClaims is a token's payload segment, decoded into every claim on
@@ -190,7 +194,13 @@ func (c *tokenClaims) checkTimes(now time.Time, leeway time.Duration) (reason, e
 	if !c.ExpiresAt.set {
 		return reasonInvalid, errNoExp
 	}
-	if !now.Before(c.ExpiresAt.time().Add(leeway)) {
+	return c.checkValidity(now, leeway)
+}
+
+// checkValidity is checkTimes for claims that may have no exp (an opaque
+// credential's answer).
+func (c *tokenClaims) checkValidity(now time.Time, leeway time.Duration) (reason, error) {
+	if c.ExpiresAt.set && !now.Before(c.ExpiresAt.time().Add(leeway)) {
 		return reasonExpired, errExpired
 	}
 	if c.NotBefore.set && now.Add(leeway).Before(c.NotBefore.time()) {
@@ -311,6 +321,9 @@ func (h *Handler) verify(token string, id *identity) *refusal {
 	if strings.IndexByte(token, '\r') >= 0 || strings.IndexByte(token, '\n') >= 0 {
 		return &refusal{reason: reasonInvalid, detail: errMalformed}
 	}
+	if h.opaque != nil {
+		return h.verifyOpaque(token, id)
+	}
 	if h.tokens != nil && h.cachedIdentity(token, id) {
 		// Verified before, by the key its alg and kid still find: the
 		// times are checked again, the rest (signature, issuer,
@@ -386,8 +399,25 @@ func (h *Handler) verify(token string, id *identity) *refusal {
 	if err != nil {
 		return &refusal{reason: reasonInvalid, detail: errMalformed}
 	}
+	if ref := h.checkClaims(raw, id, nil); ref != nil {
+		return ref
+	}
+	if h.tokens != nil {
+		h.tokens.put(token, id, method.Alg(), string(kid), key)
+	}
+	return nil
+}
+
+// checkClaims decodes the claims of a verified credential (a JWT's
+// payload, an introspection answer, a session endpoint's JSON) from raw,
+// a JSON object, into id and checks them: times, issuer, audience, user.
+// override, if not nil, sets what an answer says outside its claims (a
+// session endpoint's user and scopes headers) before the checks. A JWT
+// must have an exp; an opaque credential's answer may not (RFC 7662 makes
+// it optional), and then the credential has no expiry of its own.
+func (h *Handler) checkClaims(raw []byte, id *identity, override func(*tokenClaims)) *refusal {
 	id.claims = tokenClaims{}
-	err = strictObject(raw, func(name, v []byte) error {
+	err := strictObject(raw, func(name, v []byte) error {
 		return id.claims.member(name, v, h.issuers, h.audiences)
 	})
 	if err != nil {
@@ -409,7 +439,13 @@ func (h *Handler) verify(token string, id *identity) *refusal {
 			c.Scope, c.Scp = scopeFromAny(id.lookup(h.scopeClaim)), scopeList{}
 		}
 	}
-	if rsn, err := c.checkTimes(now(), time.Duration(h.Leeway)); err != nil {
+	if override != nil {
+		override(c)
+	}
+	if !c.ExpiresAt.set && h.opaque == nil {
+		return &refusal{reason: reasonInvalid, detail: errNoExp}
+	}
+	if rsn, err := c.checkValidity(now(), time.Duration(h.Leeway)); err != nil {
 		return &refusal{reason: rsn, detail: err}
 	}
 	if len(h.issuers) > 0 && (!c.Issuer.ok || !slices.Contains(h.issuers, c.Issuer.s)) {
@@ -418,15 +454,11 @@ func (h *Handler) verify(token string, id *identity) *refusal {
 	if len(h.audiences) > 0 && !c.Audience.containsAny(h.audiences) {
 		return &refusal{reason: reasonInvalid, detail: errAudience}
 	}
-
 	if !c.Subject.ok || c.Subject.s == "" {
 		return &refusal{reason: reasonInvalid, detail: errNoUser}
 	}
 	id.user = c.Subject.s
 	id.granted = id.scopes(h.scopeClaim)
-	if h.tokens != nil {
-		h.tokens.put(token, id, method.Alg(), string(kid), key)
-	}
 	return nil
 }
 
@@ -655,7 +687,11 @@ func formatClaim(v any) string {
 	return string(b)
 }
 
-// expires is the token's expiry; exp is required, so it is always set.
+// expires is the credential's expiry: a JWT's exp, which is required; the
+// zero time for an opaque credential whose answer had none.
 func (id *identity) expires() time.Time {
+	if !id.claims.ExpiresAt.set {
+		return time.Time{}
+	}
 	return id.claims.ExpiresAt.time()
 }

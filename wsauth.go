@@ -94,6 +94,7 @@ func (h *Handler) decide(w http.ResponseWriter, r *http.Request, upgrade bool) (
 		return p, h.refuse(&hs, refuseMissing)
 	}
 	hs.token = token
+	hs.id.from = src
 	if ref := h.checkToken(token, &hs.id); ref != nil {
 		return p, h.refuse(&hs, ref)
 	}
@@ -261,7 +262,7 @@ func (pv *placeholderView) placeholder(key string) (any, bool) {
 	case "jti":
 		return pv.jti, true
 	case "expires":
-		return pv.expires.UTC().Format(time.RFC3339), true
+		return rfc3339(pv.expires), true
 	case "token_source":
 		return pv.source.String(), true
 	}

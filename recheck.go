@@ -1,0 +1,203 @@
+package wsauth
+
+import (
+	"math/rand/v2"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// Live connections authenticated by an opaque credential are asked about
+// again with revalidate: a session that ended (a logout) or a token that
+// was revoked at its authorization server closes the connection with 1008
+// "revoked". One goroutine of the process does it, for every handler's
+// connections (also those opened before a reload), and only while there
+// are such connections: each is asked about once per its handler's
+// revalidate interval (a random three quarters to all of it, so that a
+// crowd that connected at once is spread out), connections that share a
+// credential with one call, one call at a time and at most
+// maxRechecksPerSecond.
+
+// maxRechecksPerSecond bounds the calls revalidate makes, in the process;
+// handshakes with a cold cache come on top.
+const maxRechecksPerSecond = 100
+
+// recheckTick is how often the goroutine looks for connections due.
+const recheckTick = time.Second
+
+// A heldCredential is what a live connection keeps of its opaque
+// credential, to ask about it again.
+type heldCredential struct {
+	value string
+	from  *tokenSource // nil: sent as a bearer token
+	key   credKey
+	every time.Duration
+	next  int64 // unix ns; guarded by the registry's lock
+}
+
+// hold keeps cred, as read from from, for a live connection of h, to be
+// asked about again a revalidate interval from now.
+func (h *Handler) hold(cred string, from *tokenSource) *heldCredential {
+	hc := &heldCredential{value: cred, from: from, key: h.opaque.key(cred, from), every: time.Duration(h.Revalidate)}
+	hc.schedule(time.Now().UnixNano())
+	return hc
+}
+
+// schedule sets when the credential is asked about next, t being now.
+func (hc *heldCredential) schedule(t int64) {
+	hc.next = t + int64(hc.every)*3/4 + rand.Int64N(int64(hc.every)/4+1)
+}
+
+// addRecheck lists c for the rechecks, and starts their goroutine if it
+// is not running; reg.mu must be held.
+func (reg *registry) addRecheck(c *liveConn) {
+	reg.rechecks[c] = struct{}{}
+	if !reg.sweeping {
+		reg.sweeping = true
+		go reg.recheckLoop()
+	}
+}
+
+// recheckLoop asks, every recheckTick, about the credentials due, until
+// no connection is left to ask about.
+func (reg *registry) recheckLoop() {
+	t := time.NewTicker(recheckTick)
+	defer t.Stop()
+	down := make(map[*checker]bool) // endpoints found unavailable
+	for range t.C {
+		groups := reg.dueRechecks()
+		if groups == nil {
+			return
+		}
+		reg.recheck(groups, down)
+	}
+}
+
+// A recheckGroup is the connections of one credential at one endpoint.
+type recheckGroup struct {
+	h     *Handler
+	cred  *heldCredential
+	conns []*liveConn
+}
+
+// dueRechecks collects the connections due before the next tick, by
+// credential; nil when there are none left to watch (and the goroutine
+// must end).
+func (reg *registry) dueRechecks() []*recheckGroup {
+	reg.mu.Lock()
+	defer reg.mu.Unlock()
+	if len(reg.rechecks) == 0 {
+		reg.sweeping = false
+		return nil
+	}
+	type groupKey struct {
+		c *checker
+		k credKey
+	}
+	byKey := make(map[groupKey]*recheckGroup)
+	groups := []*recheckGroup{}
+	horizon := time.Now().Add(recheckTick).UnixNano()
+	for c := range reg.rechecks {
+		c.mu.Lock()
+		cred := c.cred
+		c.mu.Unlock()
+		if cred.next > horizon || c.closing() {
+			continue
+		}
+		gk := groupKey{c.h.opaque, cred.key}
+		g := byKey[gk]
+		if g == nil {
+			g = &recheckGroup{h: c.h, cred: cred}
+			byKey[gk] = g
+			groups = append(groups, g)
+		}
+		g.conns = append(g.conns, c)
+	}
+	return groups
+}
+
+// recheck asks about each group's credential, spread over the tick and no
+// faster than maxRechecksPerSecond, and applies the answers. An endpoint
+// that cannot answer keeps its connections as they are (they are asked
+// about at the next tick) and is not asked again in this one.
+func (reg *registry) recheck(groups []*recheckGroup, down map[*checker]bool) {
+	gap := max(recheckTick/time.Duration(max(len(groups), 1)), time.Second/maxRechecksPerSecond)
+	skip := make(map[*checker]bool)
+	for i, g := range groups {
+		ch := g.h.opaque
+		if skip[ch] {
+			continue
+		}
+		if i > 0 {
+			time.Sleep(gap)
+		}
+		a := g.h.ask(g.cred.value, g.cred.from, g.cred.key)
+		if a.ref != nil && a.ref.reason == reasonUnavailable {
+			skip[ch] = true
+			if !down[ch] {
+				down[ch] = true
+				g.h.logger.Warn("revalidate: cannot ask about live connections; they stay open until the endpoint answers",
+					zap.String("check", ch.name), zap.Error(a.ref.detail))
+			}
+			continue
+		}
+		if down[ch] {
+			delete(down, ch)
+			g.h.logger.Info("revalidate: endpoint answers again", zap.String("check", ch.name))
+		}
+		reg.mu.Lock()
+		g.cred.schedule(time.Now().UnixNano())
+		reg.mu.Unlock()
+		for _, c := range g.conns {
+			c.applyAnswer(a)
+		}
+	}
+}
+
+// applyAnswer applies what the endpoint now says of the connection's
+// credential: no longer active, or active for someone else, closes it as
+// revoked; expired, as expired; an active answer with an exp moves the
+// connection's expiry to it.
+func (c *liveConn) applyAnswer(a *answer) {
+	var id identity
+	ref := a.apply(&id, time.Duration(c.h.Leeway))
+	if ref == nil {
+		ref = c.h.authorize(&id)
+	}
+	switch {
+	case ref != nil && ref.reason == reasonExpired:
+		c.expire()
+		return
+	case ref == nil && (id.user != c.user || id.claims.Issuer.s != c.iss):
+		ref = &refusal{reason: reasonInvalid, detail: errOtherUser}
+	}
+	if ref != nil {
+		c.h.logRecheckRefused(c, ref)
+		c.shut(c.h.codes[reasonBlocked], "revoked")
+		return
+	}
+	exp := id.expires()
+	c.mu.Lock()
+	changed := !exp.Equal(c.expires)
+	if changed {
+		c.expires = exp
+	}
+	deadline := c.deadline()
+	c.mu.Unlock()
+	if changed {
+		liveConns.reschedule(c, deadline)
+	}
+}
+
+// logRecheckRefused logs why a live connection's credential no longer
+// holds.
+func (h *Handler) logRecheckRefused(c *liveConn, ref *refusal) {
+	if ce := h.logger.Check(zap.InfoLevel, "credential no longer valid"); ce != nil {
+		fields := []zap.Field{zap.String("reason", ref.reason.String()),
+			zap.String("user", truncate(c.user, 200)), zap.String("remote_ip", c.ip)}
+		if ref.detail != nil {
+			fields = append(fields, zap.String("detail", truncate(ref.detail.Error(), 200)))
+		}
+		ce.Write(fields...)
+	}
+}
