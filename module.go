@@ -421,7 +421,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if h.opaque, err = newChecker(ctx, h); err != nil {
 			return err
 		}
-		h.opaque.logLoaded(h.logger)
 		return nil
 	}
 	h.tokens = newTokenCache(h.TokenCache)

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"mime"
 	"net/http"
@@ -19,7 +20,6 @@ import (
 	"sync"
 	"time"
 
-	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
 
 	"github.com/caddyserver/caddy/v2"
@@ -244,6 +244,7 @@ type checker struct {
 	scopesHeader string
 
 	macKey   []byte
+	macs     sync.Pool // of HMAC-SHA256 under macKey
 	calls    singleflight.Group
 	inflight chan struct{}
 	cache    answerCache
@@ -267,6 +268,7 @@ func newChecker(ctx caddy.Context, h *Handler) (*checker, error) {
 	if _, err := rand.Read(c.macKey); err != nil {
 		return nil, err
 	}
+	c.macs.New = func() any { return hmac.New(sha256.New, c.macKey) }
 	if in := h.Introspect; in != nil {
 		c.name, opts, raw = "introspect", &in.CheckOptions, in.URL
 		switch {
@@ -355,7 +357,9 @@ func (c *checker) close() { c.client.CloseIdleConnections() }
 // key names a credential as read from a source (nil: a refresh message's
 // token, sent as a bearer token).
 func (c *checker) key(cred string, from *tokenSource) credKey {
-	m := hmac.New(sha256.New, c.macKey)
+	m := c.macs.Get().(hash.Hash)
+	defer c.macs.Put(m)
+	m.Reset()
 	if from != nil && c.session {
 		// A session endpoint sees where the credential came from.
 		m.Write([]byte{byte(from.kind)})
@@ -388,6 +392,11 @@ func (h *Handler) verifyOpaque(cred string, id *identity) *refusal {
 func (h *Handler) ask(cred string, from *tokenSource, k credKey) *answer {
 	c := h.opaque
 	v, _, _ := c.calls.Do(string(k[:]), func() (any, error) {
+		// A call that ended between this handshake's cache lookup and
+		// here has left its answer.
+		if a := c.cache.get(k, now().UnixNano()); a != nil {
+			return a, nil
+		}
 		a := h.call(cred, from)
 		c.cache.put(k, a, c.ttl, c.negTTL)
 		return a, nil
@@ -706,10 +715,4 @@ func (ac *answerCache) evictLocked(t int64) bool {
 		ac.deleteLocked(k, a)
 	}
 	return len(ac.entries) < n
-}
-
-// logOpaque tells at load what the handler asks, and nothing secret.
-func (c *checker) logLoaded(logger *zap.Logger) {
-	logger.Debug("opaque credentials checked by an endpoint", zap.String("check", c.name),
-		zap.String("url", c.shown), zap.Duration("cache", c.ttl), zap.Duration("negative_cache", c.negTTL))
 }
