@@ -661,3 +661,45 @@ func TestSessionCheckSendsCredentialAlone(t *testing.T) {
 	}
 }
 
+
+// TestOpaqueAdminRevocation: the admin API lists a session-cookie
+// connection with its user, and blocking the user closes it (1008
+// "revoked") and refuses the cookie's next handshake, as for a JWT.
+func TestOpaqueAdminRevocation(t *testing.T) {
+	app := newSessionServer(t)
+	app.set("s-alice", map[string]any{"sub": "alice"})
+	const origin = "http://app.test"
+	api := startAdminCaddy(t, `
+	ws_auth {
+		token_source cookie `+sessionCookie+`
+		allowed_origins `+origin+`
+		session_check `+app.URL+`/api/session
+	}
+	reverse_proxy %UPSTREAM%`, newUpstream(t).addr())
+	o := dialOpts{origin: origin, header: http.Header{"Cookie": {sessionCookie + "=s-alice"}}}
+	c, _, err := dial(api.addr, "/ws", o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.WriteMessage(websocket.TextMessage, []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.ReadMessage(); err != nil {
+		t.Fatal(err)
+	}
+	conns := api.connections()
+	if len(conns) != 1 || conns[0].User != "alice" || conns[0].TokenSource != "cookie" {
+		t.Fatalf("GET /ws_auth/connections: %+v", conns)
+	}
+	api.want("POST", "/ws_auth/blocklist", `{"kind":"sub","value":"alice","ttl":"1h"}`, http.StatusCreated)
+	_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	_, _, err = c.ReadMessage()
+	var ce *websocket.CloseError
+	if !errors.As(err, &ce) || ce.Code != 1008 || ce.Text != "revoked" {
+		t.Fatalf("blocked through the admin API: %v, want close 1008 revoked", err)
+	}
+	if got := wsOutcome(t, api.addr, o); got != "close 1008 blocked" {
+		t.Errorf("handshake after the block: %s", got)
+	}
+}
