@@ -703,3 +703,52 @@ func TestOpaqueAdminRevocation(t *testing.T) {
 		t.Errorf("handshake after the block: %s", got)
 	}
 }
+
+// TestIntrospectionLiveRules: an opaque token read from the first message,
+// with the user in the answer's "username" (user_claim), expires at the
+// answer's exp (4001); a refresh message with another active token of the
+// same user moves the expiry (answered with the new exp) and is not
+// forwarded; one of another user closes the connection.
+func TestIntrospectionLiveRules(t *testing.T) {
+	t.Setenv("WSAUTH_TEST_INTROSPECT_SECRET", introspectSecret)
+	idp := newIntrospectionServer(t)
+	soon := time.Now().Add(2 * time.Second).Unix()
+	later := time.Now().Add(time.Hour).Unix()
+	idp.set("tok-a1", map[string]any{"sub": "f3a1", "username": "alice", "exp": soon})
+	idp.set("tok-a2", map[string]any{"sub": "f3a1", "username": "alice", "exp": later})
+	idp.set("tok-b", map[string]any{"sub": "77b2", "username": "bob", "exp": later})
+	up := newLiveUpstream(t)
+	site := strings.Replace(introspectSite(idp.URL+"/introspect", "", "user_claim username\n\t\trefresh_message"),
+		"token_source header", "token_source first_message", 1)
+	addr := startCaddy(t, site, up.addr())
+
+	// Expiry at the answer's exp.
+	c := dialLive(t, "ws://"+addr+"/ws")
+	c.send(`{"type":"auth","token":"tok-a1"}`)
+	c.echo("alice")
+	if got := c.closeWithin(time.Until(time.Unix(soon, 0)) + 3*time.Second); got != "close 4001 expired" {
+		t.Errorf("at the answer's exp: %s, want close 4001 expired", got)
+	}
+
+	// A refresh moves the expiry past the first token's.
+	idp.set("tok-a1", map[string]any{"sub": "f3a1", "username": "alice", "exp": time.Now().Add(2 * time.Second).Unix()})
+	c = dialLive(t, "ws://"+addr+"/ws")
+	c.send(`{"type":"auth","token":"tok-a1"}`)
+	c.echo("before")
+	c.refresh("tok-a2")
+	c.expectRefreshOK(later)
+	c.quietUntil(time.Now().Add(3 * time.Second))
+	c.echo("after the first token's exp")
+	if hdr := up.header(t, 1); hdr.Get("X-User") != "alice" {
+		t.Errorf("X-User %q, want alice (user_claim username)", hdr.Get("X-User"))
+	}
+	c.refresh("tok-b")
+	if got := c.closeWithin(3 * time.Second); got != "close 1008 invalid" {
+		t.Errorf("refresh with bob's token: %s, want close 1008 invalid", got)
+	}
+	for _, m := range up.messages() {
+		if strings.Contains(m, "tok-") {
+			t.Errorf("upstream received a token: %q", m)
+		}
+	}
+}
