@@ -9,8 +9,10 @@
 //	checkClient             origin, client IP on the Blocklist, rate per IP (wsauth.go)
 //	extract                 the token from the first source that has one (token.go)
 //	serveFirstMessage       or: answer the handshake, read the token from the stream (firstmsg.go)
-//	checkToken              verify (signature, claims, user), authorize (blocklist,
-//	                        scopes), admit (rate per user) (verify.go)
+//	checkToken              verify (signature, claims, user; or, for an opaque
+//	                        credential, the answer of introspect or session_check,
+//	                        opaque.go), authorize (blocklist, scopes), admit (rate
+//	                        per user) (verify.go)
 //	accepted / strip        placeholders set, token removed, next handler runs
 //
 // Every check returns a *refusal; h.refuse (reject.go) is the one way a
@@ -36,5 +38,6 @@
 // blocklist change, and caps them per user (limits.go, with block_after's
 // bans). Operators reach that state through the admin API module
 // admin.api.ws_auth (admin.go), the caddy_ws_auth_* metrics (metrics.go)
-// and the `caddy ws-auth` command (command.go).
+// and the `caddy ws-auth` command (command.go). Live connections of an
+// opaque credential are asked about again with revalidate (recheck.go).
 package wsauth

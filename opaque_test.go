@@ -661,7 +661,6 @@ func TestSessionCheckSendsCredentialAlone(t *testing.T) {
 	}
 }
 
-
 // TestOpaqueAdminRevocation: the admin API lists a session-cookie
 // connection with its user, and blocking the user closes it (1008
 // "revoked") and refuses the cookie's next handshake, as for a JWT.
