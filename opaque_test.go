@@ -751,3 +751,15 @@ func TestIntrospectionLiveRules(t *testing.T) {
 		}
 	}
 }
+
+// TestSessionCheckTimeout: an app that does not answer within timeout is
+// unavailable (1011), although it would have said yes later.
+func TestSessionCheckTimeout(t *testing.T) {
+	app := newSessionServer(t)
+	app.delay = time.Second
+	app.set("s-alice", map[string]any{"sub": "alice"})
+	addr := startCaddyFor(t, sessionSite(app.URL+"/api/session", "timeout 200ms", ""), newUpstream(t).addr())
+	if got := wsOutcome(t, addr, cookieDial(addr, "s-alice")); got != "close 1011 unavailable" {
+		t.Errorf("app too slow: %s, want close 1011 unavailable", got)
+	}
+}
