@@ -327,78 +327,66 @@ func (p *caddyfileParser) trustPool(opt string, had json.RawMessage) (json.RawMe
 
 // introspect parses `introspect <url> { ... }`.
 func (p *caddyfileParser) introspect() error {
-	d := p.d
 	in := &Introspection{}
-	var err error
-	if in.URL, err = oneArg(d); err != nil {
-		return err
+	err := p.endpointBlock("introspect", &in.URL, &in.CheckOptions, map[string]*string{
+		"client_id": &in.ClientID, "client_secret": &in.ClientSecret, "bearer_token": &in.BearerToken,
+	}, nil)
+	if err == nil {
+		p.h.Introspect = in
 	}
-	if err := checkCheckURL("introspect", in.URL, true); err != nil {
-		return d.WrapErr(err)
-	}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		sub := d.Val()
-		var dst *string
-		switch sub {
-		case "client_id":
-			dst = &in.ClientID
-		case "client_secret":
-			dst = &in.ClientSecret
-		case "bearer_token":
-			dst = &in.BearerToken
-		default:
-			if err := p.checkOption("introspect", &in.CheckOptions); err != nil {
-				return err
-			}
-			continue
-		}
-		if *dst != "" {
-			return d.Errf("introspect %s: already specified", sub)
-		}
-		if *dst, err = oneArgOf(d, "introspect "+sub); err != nil {
-			return err
-		}
-	}
-	p.h.Introspect = in
-	return nil
+	return err
 }
 
 // sessionCheck parses `session_check <url> { ... }`.
 func (p *caddyfileParser) sessionCheck() error {
-	d := p.d
 	sc := &SessionCheck{}
+	err := p.endpointBlock("session_check", &sc.URL, &sc.CheckOptions, map[string]*string{
+		"user_header": &sc.UserHeader, "scopes_header": &sc.ScopesHeader,
+	}, func(sub, v string) error {
+		if !validHeaderName(v) {
+			return fmt.Errorf("session_check %s: %q is not a header name", sub, v)
+		}
+		return nil
+	})
+	if err == nil {
+		p.h.SessionCheck = sc
+	}
+	return err
+}
+
+// endpointBlock parses the URL and block of introspect or session_check
+// (opt): the sub-options of one value each in own, with check for their
+// values, and those they share (checkOption).
+func (p *caddyfileParser) endpointBlock(opt string, url *string, o *CheckOptions, own map[string]*string, check func(sub, v string) error) error {
+	d := p.d
 	var err error
-	if sc.URL, err = oneArg(d); err != nil {
+	if *url, err = oneArg(d); err != nil {
 		return err
 	}
-	if err := checkCheckURL("session_check", sc.URL, false); err != nil {
+	if err := checkCheckURL(opt, *url, opt == "introspect"); err != nil {
 		return d.WrapErr(err)
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
-		var dst *string
-		switch sub {
-		case "user_header":
-			dst = &sc.UserHeader
-		case "scopes_header":
-			dst = &sc.ScopesHeader
-		default:
-			if err := p.checkOption("session_check", &sc.CheckOptions); err != nil {
+		dst, ok := own[sub]
+		if !ok {
+			if err := p.checkOption(opt, o); err != nil {
 				return err
 			}
 			continue
 		}
 		if *dst != "" {
-			return d.Errf("session_check %s: already specified", sub)
+			return d.Errf("%s %s: already specified", opt, sub)
 		}
-		if *dst, err = oneArgOf(d, "session_check "+sub); err != nil {
+		if *dst, err = oneArgOf(d, opt+" "+sub); err != nil {
 			return err
 		}
-		if !validHeaderName(*dst) {
-			return d.Errf("session_check %s: %q is not a header name", sub, *dst)
+		if check != nil {
+			if err := check(sub, *dst); err != nil {
+				return d.WrapErr(err)
+			}
 		}
 	}
-	p.h.SessionCheck = sc
 	return nil
 }
 

@@ -333,6 +333,7 @@ func (c *liveConn) refreshQuoted() []byte { return c.h.refreshQuoted }
 // the new token, and the client gets the new exp.
 func (c *liveConn) refreshWith(token string) {
 	var id identity
+	id.from = c.credentialSource()
 	ref := c.h.verify(token, &id)
 	if ref == nil {
 		ref = c.h.authorize(&id)
@@ -341,7 +342,7 @@ func (c *liveConn) refreshWith(token string) {
 		ref = &refusal{reason: reasonInvalid, detail: errOtherUser}
 	}
 	if ref != nil {
-		c.h.logRefreshRefused(c, ref)
+		c.h.logLiveRefused(c, "refresh token refused", ref)
 		c.shut(c.h.codes[ref.reason], ref.reason.String())
 		return
 	}
@@ -349,7 +350,7 @@ func (c *liveConn) refreshWith(token string) {
 	c.mu.Lock()
 	c.expires, c.jti = exp, id.claims.ID.s
 	if c.cred != nil {
-		c.cred = c.h.hold(token, nil)
+		c.cred = c.h.hold(token, id.from)
 	}
 	deadline := c.deadline()
 	c.mu.Unlock()
@@ -366,6 +367,25 @@ func (c *liveConn) refreshWith(token string) {
 	b = append(b, '}')
 	var frame [160]byte
 	c.inject(appendTextFrame(frame[:0], b), false)
+}
+
+// credentialSource is the source of the connection's credential, as an
+// opaque one is sent on to be judged (a session cookie's refresh as that
+// cookie); nil for first_message, sent as a bearer token, and for JWTs,
+// which are judged here.
+func (c *liveConn) credentialSource() *tokenSource {
+	if c.h.opaque == nil {
+		return nil
+	}
+	if c.cred != nil {
+		return c.cred.from // replaced only by a refresh, on this goroutine
+	}
+	for i := range c.h.sources {
+		if c.h.sources[i].kind == c.source {
+			return &c.h.sources[i]
+		}
+	}
+	return nil
 }
 
 // blocked reports whether the connection's token, user or IP is on its
@@ -621,9 +641,10 @@ func (h *Handler) logLiveClose(c *liveConn, reason string) {
 	}
 }
 
-// logRefreshRefused logs why a refresh token was refused.
-func (h *Handler) logRefreshRefused(c *liveConn, ref *refusal) {
-	if ce := h.logger.Check(zap.InfoLevel, "refresh token refused"); ce != nil {
+// logLiveRefused logs why a live connection's credential was refused
+// (msg): a refresh token, or an opaque credential asked about again.
+func (h *Handler) logLiveRefused(c *liveConn, msg string, ref *refusal) {
+	if ce := h.logger.Check(zap.InfoLevel, msg); ce != nil {
 		fields := []zap.Field{zap.String("reason", ref.reason.String()),
 			zap.String("user", truncate(c.user, 200)), zap.String("remote_ip", c.ip)}
 		if ref.detail != nil {

@@ -105,6 +105,9 @@ const (
 	maxCheckTimeout     = time.Minute
 	// maxAnswerBody bounds an endpoint's answer; real ones are under a KiB.
 	maxAnswerBody = 64 << 10
+	// maxAnswerHeaders bounds an answer's headers (net/http's default is
+	// 1 MiB).
+	maxAnswerHeaders = 64 << 10
 	// maxCallsInFlight bounds the calls one handler has open at once; a
 	// handshake that finds them all busy waits, within the timeout.
 	maxCallsInFlight = 128
@@ -162,8 +165,8 @@ func (h *Handler) checkOpaque() error {
 		if in.BearerToken != "" && (in.ClientID != "" || in.ClientSecret != "") {
 			return errors.New("introspect: bearer_token or client_id and client_secret, not both")
 		}
-		if (in.ClientID == "") != (in.ClientSecret == "") && in.ClientSecret != "" {
-			return errors.New("introspect: client_secret without client_id")
+		if (in.ClientID == "") != (in.ClientSecret == "") {
+			return errors.New("introspect: client_id and client_secret go together")
 		}
 		return in.check(name)
 	}
@@ -342,6 +345,7 @@ func replaceCredential(repl *caddy.Replacer, opt, v string) (string, error) {
 func checkClient(trust *trustPool) *http.Client {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.MaxIdleConnsPerHost = maxCallsInFlight
+	t.MaxResponseHeaderBytes = maxAnswerHeaders
 	if trust != nil {
 		t.TLSClientConfig = &tls.Config{RootCAs: trust.pool, MinVersion: tls.VersionTLS12}
 	}
@@ -382,20 +386,27 @@ func (h *Handler) verifyOpaque(cred string, id *identity) *refusal {
 	if a != nil {
 		wsMetrics.credentialCheck(c.name, "cached")
 	} else {
-		a = h.ask(cred, id.from, k)
+		a = h.ask(cred, id.from, k, false)
 	}
 	return a.apply(id, time.Duration(h.Leeway))
 }
 
 // ask calls the endpoint, or waits for the call already asking about k,
-// and caches what it answers.
-func (h *Handler) ask(cred string, from *tokenSource, k credKey) *answer {
+// and caches what it answers. A fresh ask (revalidate's) takes no answer
+// from the cache, and shares a call only with other fresh asks.
+func (h *Handler) ask(cred string, from *tokenSource, k credKey, fresh bool) *answer {
 	c := h.opaque
-	v, _, _ := c.calls.Do(string(k[:]), func() (any, error) {
+	name := string(k[:])
+	if fresh {
+		name = "fresh:" + name
+	}
+	v, _, _ := c.calls.Do(name, func() (any, error) {
 		// A call that ended between this handshake's cache lookup and
 		// here has left its answer.
-		if a := c.cache.get(k, now().UnixNano()); a != nil {
-			return a, nil
+		if !fresh {
+			if a := c.cache.get(k, now().UnixNano()); a != nil {
+				return a, nil
+			}
 		}
 		a := h.call(cred, from)
 		c.cache.put(k, a, c.ttl, c.negTTL)
@@ -468,7 +479,13 @@ func (h *Handler) call(cred string, from *tokenSource) *answer {
 		result = "refused"
 	}
 	wsMetrics.credentialCheck(c.name, result)
-	a.size = answerOverhead + len(body)
+	// The body, its base64 copy for the claims' placeholders, and what
+	// the claims hold once decoded; a session's headers are bounded by
+	// the transport (maxAnswerHeaders).
+	a.size = answerOverhead + 3*len(body)
+	if c.session {
+		a.size += len(a.id.user) + len(a.id.granted.str)
+	}
 	return a
 }
 
@@ -589,7 +606,8 @@ func (h *Handler) activeAnswer(raw []byte, user, scopes string, haveScopes bool)
 			c.Subject = optString{s: user, ok: true}
 		}
 		if haveScopes {
-			c.Scope, c.Scp = scopeList{str: scopes}, scopeList{}
+			// Whichever claim scope_claim names reads the header's.
+			c.Scope, c.Scp = scopeList{str: scopes}, scopeList{str: scopes}
 		}
 	})
 	if ref != nil {
@@ -660,7 +678,8 @@ func (ac *answerCache) put(k credKey, a *answer, ttl, negTTL time.Duration) {
 		}
 		a.until = until.UnixNano()
 	case a.ref.reason == reasonUnavailable:
-		ac.remove(k) // what the endpoint said before no longer holds
+		// Not cached, and what the endpoint said before stands: an
+		// answer cached before an outage serves through it.
 		return
 	default:
 		ttl = negTTL

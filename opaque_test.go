@@ -763,3 +763,52 @@ func TestSessionCheckTimeout(t *testing.T) {
 		t.Errorf("app too slow: %s, want close 1011 unavailable", got)
 	}
 }
+
+// TestSessionRefreshAndScopes: a refresh message on a cookie session is
+// sent to the app as that cookie (so the app's own session refreshes it),
+// and with scope_claim scp the X-Scopes header still grants the scopes.
+func TestSessionRefreshAndScopes(t *testing.T) {
+	app := newSessionServer(t)
+	exp := time.Now().Add(time.Hour).Unix()
+	app.set("s-alice", map[string]any{"sub": "alice", "scope": "chat:write", "exp": exp})
+	up := newLiveUpstream(t)
+	addr := startCaddyFor(t, sessionSite(app.URL+"/api/session", "", "refresh_message\n\t\tscope_claim scp\n\t\tscopes chat:write"), up.addr())
+	conn, _, err := dial(addr, "/ws", cookieDial(addr, "s-alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := conn.WriteMessage(websocket.TextMessage, []byte(`{"type":"refresh_token","token":"s-alice"}`)); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	_, msg, err := conn.ReadMessage()
+	if want := fmt.Sprintf(`{"type":"refresh_token_ok","exp":%d}`, exp); err != nil || string(msg) != want {
+		t.Fatalf("refresh on a cookie session: %q %v, want %s", msg, err, want)
+	}
+}
+
+// TestOpaqueRecheckSharesCalls: connections that share a credential (the
+// tabs of one browser) are asked about with one call per revalidate
+// interval, not one each, nor one a tick.
+func TestOpaqueRecheckSharesCalls(t *testing.T) {
+	app := newSessionServer(t)
+	app.set("s-alice", map[string]any{"sub": "alice"})
+	addr := startCaddyFor(t, sessionSite(app.URL+"/api/session", "cache 0 0", "revalidate 4s"), newUpstream(t).addr())
+	var tabs []*websocket.Conn
+	for range 8 {
+		c, _, err := dial(addr, "/ws", cookieDial(addr, "s-alice"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		tabs = append(tabs, c)
+	}
+	handshakes := app.callsFor("s-alice") // cache 0: one each
+	time.Sleep(9 * time.Second)
+	// In 9 s, with revalidate 4s (each check at 3 to 4 s after the last):
+	// two or three rechecks.
+	if got := app.callsFor("s-alice") - handshakes; got < 2 || got > 3 {
+		t.Errorf("%d rechecks of one credential held by %d connections in 9 s with revalidate 4s, want 2 or 3", got, len(tabs))
+	}
+}

@@ -76,7 +76,8 @@ func (reg *registry) recheckLoop() {
 // A recheckGroup is the connections of one credential at one endpoint.
 type recheckGroup struct {
 	h     *Handler
-	cred  *heldCredential
+	cred  *heldCredential   // the first connection's, asked about
+	creds []*heldCredential // each connection's, scheduled again
 	conns []*liveConn
 }
 
@@ -85,11 +86,15 @@ type recheckGroup struct {
 // must end).
 func (reg *registry) dueRechecks() []*recheckGroup {
 	reg.mu.Lock()
-	defer reg.mu.Unlock()
 	if len(reg.rechecks) == 0 {
 		reg.sweeping = false
+		reg.mu.Unlock()
 		return nil
 	}
+	reg.mu.Unlock()
+	// The scan under the read lock: handshakes and closes go on.
+	reg.mu.RLock()
+	defer reg.mu.RUnlock()
 	type groupKey struct {
 		c *checker
 		k credKey
@@ -111,7 +116,7 @@ func (reg *registry) dueRechecks() []*recheckGroup {
 			byKey[gk] = g
 			groups = append(groups, g)
 		}
-		g.conns = append(g.conns, c)
+		g.conns, g.creds = append(g.conns, c), append(g.creds, cred)
 	}
 	return groups
 }
@@ -131,7 +136,7 @@ func (reg *registry) recheck(groups []*recheckGroup, down map[*checker]bool) {
 		if i > 0 {
 			time.Sleep(gap)
 		}
-		a := g.h.ask(g.cred.value, g.cred.from, g.cred.key)
+		a := g.h.ask(g.cred.value, g.cred.from, g.cred.key, true)
 		if a.ref != nil && a.ref.reason == reasonUnavailable {
 			skip[ch] = true
 			if !down[ch] {
@@ -146,7 +151,10 @@ func (reg *registry) recheck(groups []*recheckGroup, down map[*checker]bool) {
 			g.h.logger.Info("revalidate: endpoint answers again", zap.String("check", ch.name))
 		}
 		reg.mu.Lock()
-		g.cred.schedule(time.Now().UnixNano())
+		t := time.Now().UnixNano()
+		for _, cred := range g.creds {
+			cred.schedule(t)
+		}
 		reg.mu.Unlock()
 		for _, c := range g.conns {
 			c.applyAnswer(a)
@@ -166,13 +174,15 @@ func (c *liveConn) applyAnswer(a *answer) {
 	}
 	switch {
 	case ref != nil && ref.reason == reasonExpired:
-		c.expire()
-		return
+		if c.h.expire {
+			c.expire()
+		}
+		return // with expire_connections off, an expiry closes nothing
 	case ref == nil && (id.user != c.user || id.claims.Issuer.s != c.iss):
 		ref = &refusal{reason: reasonInvalid, detail: errOtherUser}
 	}
 	if ref != nil {
-		c.h.logRecheckRefused(c, ref)
+		c.h.logLiveRefused(c, "credential no longer valid", ref)
 		c.shut(c.h.codes[reasonBlocked], "revoked")
 		return
 	}
@@ -186,18 +196,5 @@ func (c *liveConn) applyAnswer(a *answer) {
 	c.mu.Unlock()
 	if changed {
 		liveConns.reschedule(c, deadline)
-	}
-}
-
-// logRecheckRefused logs why a live connection's credential no longer
-// holds.
-func (h *Handler) logRecheckRefused(c *liveConn, ref *refusal) {
-	if ce := h.logger.Check(zap.InfoLevel, "credential no longer valid"); ce != nil {
-		fields := []zap.Field{zap.String("reason", ref.reason.String()),
-			zap.String("user", truncate(c.user, 200)), zap.String("remote_ip", c.ip)}
-		if ref.detail != nil {
-			fields = append(fields, zap.String("detail", truncate(ref.detail.Error(), 200)))
-		}
-		ce.Write(fields...)
 	}
 }
