@@ -93,7 +93,9 @@ func TestMetrics(t *testing.T) {
 	}
 	var names []string
 	for _, f := range families {
-		if strings.HasPrefix(f.GetName(), "caddy_ws_auth_") {
+		// credential_checks_total has series only once an opaque
+		// credential was judged in the process (another test's).
+		if strings.HasPrefix(f.GetName(), "caddy_ws_auth_") && f.GetName() != "caddy_ws_auth_credential_checks_total" {
 			names = append(names, f.GetName())
 		}
 	}

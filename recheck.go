@@ -102,23 +102,33 @@ func (reg *registry) dueRechecks() []*recheckGroup {
 	byKey := make(map[groupKey]*recheckGroup)
 	groups := []*recheckGroup{}
 	horizon := time.Now().Add(recheckTick).UnixNano()
-	for c := range reg.rechecks {
-		c.mu.Lock()
-		cred := c.cred
-		c.mu.Unlock()
-		if cred.next > horizon || c.closing() {
-			continue
+	// The credentials due, then every connection that holds one of them,
+	// due or not: one call answers for all, and they are scheduled
+	// together from then on.
+	for due := true; ; due = false {
+		for c := range reg.rechecks {
+			c.mu.Lock()
+			cred := c.cred
+			c.mu.Unlock()
+			if c.closing() || due && cred.next > horizon {
+				continue
+			}
+			gk := groupKey{c.h.opaque, cred.key}
+			g := byKey[gk]
+			switch {
+			case g == nil && due:
+				g = &recheckGroup{h: c.h, cred: cred}
+				byKey[gk] = g
+				groups = append(groups, g)
+			case g == nil || !due && cred.next <= horizon:
+				continue // none of its credential due, or taken in the first pass
+			}
+			g.conns, g.creds = append(g.conns, c), append(g.creds, cred)
 		}
-		gk := groupKey{c.h.opaque, cred.key}
-		g := byKey[gk]
-		if g == nil {
-			g = &recheckGroup{h: c.h, cred: cred}
-			byKey[gk] = g
-			groups = append(groups, g)
+		if !due {
+			return groups
 		}
-		g.conns, g.creds = append(g.conns, c), append(g.creds, cred)
 	}
-	return groups
 }
 
 // recheck asks about each group's credential, spread over the tick and no
