@@ -54,6 +54,8 @@ type liveConn struct {
 	slots  ConnectionSlots // where the user's connection slot was taken; nil: none
 	state  atomic.Int32
 	source sourceKind
+	// refreshed: a refresh message replaced jti and expires; guarded by mu.
+	refreshed bool
 
 	// The two ends, set before start and read-only after it. Over HTTP/1.1
 	// (and first_message over any version) reverse_proxy copies through
@@ -66,15 +68,20 @@ type liveConn struct {
 	src     io.Reader // where client bytes are read
 	dst     io.Writer // where client bytes are written
 
-	mu      sync.Mutex // guards jti, expires and closer
+	mu      sync.Mutex // guards jti, expires, closer, refreshed and claims
 	jti     string
 	expires time.Time
 	closer  *time.Timer // the close sequence's next step
+	claims  *lazyClaims // the handshake token's, once a placeholder needs them
 
 	// Where the connection is in the registry's expiries, and when it
 	// expires there (unix ns); guarded by the registry's lock.
 	expireAt int64
-	heapIdx  int
+	heapIdx  int32
+
+	// interrupted: the module ended a pending read of the client's
+	// (interruptRead). Beside heapIdx, it takes what would be padding.
+	interrupted atomic.Bool
 
 	in inbound // the reading goroutine's
 
@@ -83,7 +90,6 @@ type liveConn struct {
 	closeQueued bool
 	sentClose   bool
 	shutting    atomic.Bool // shut has begun (once)
-	interrupted atomic.Bool
 	out         outbound
 	pending     []byte // frames for the client, waiting for a frame boundary
 
@@ -333,7 +339,7 @@ func (c *liveConn) refreshWith(token string) {
 	}
 	exp := id.expires()
 	c.mu.Lock()
-	c.expires, c.jti = exp, id.claims.ID.s
+	c.expires, c.jti, c.refreshed = exp, id.claims.ID.s, true
 	deadline := c.deadline()
 	c.mu.Unlock()
 	liveConns.reschedule(c, deadline)
@@ -391,7 +397,7 @@ func (reg *registry) remove(c *liveConn) {
 	defer reg.mu.Unlock()
 	delete(reg.conns, c)
 	if c.heapIdx >= 0 {
-		heap.Remove(&reg.expiries, c.heapIdx)
+		heap.Remove(&reg.expiries, int(c.heapIdx))
 	}
 }
 
@@ -401,7 +407,7 @@ func (reg *registry) reschedule(c *liveConn, deadline time.Time) {
 	defer reg.mu.Unlock()
 	if c.heapIdx >= 0 {
 		c.expireAt = deadline.UnixNano()
-		heap.Fix(&reg.expiries, c.heapIdx)
+		heap.Fix(&reg.expiries, int(c.heapIdx))
 		reg.arm()
 	}
 }
@@ -447,12 +453,12 @@ func (e expiryHeap) Len() int           { return len(e) }
 func (e expiryHeap) Less(i, j int) bool { return e[i].expireAt < e[j].expireAt }
 func (e expiryHeap) Swap(i, j int) {
 	e[i], e[j] = e[j], e[i]
-	e[i].heapIdx, e[j].heapIdx = i, j
+	e[i].heapIdx, e[j].heapIdx = int32(i), int32(j)
 }
 
 func (e *expiryHeap) Push(x any) {
 	c := x.(*liveConn)
-	c.heapIdx = len(*e)
+	c.heapIdx = int32(len(*e))
 	*e = append(*e, c)
 }
 
