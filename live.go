@@ -124,7 +124,7 @@ func (h *Handler) newLive(hs *handshake, w http.ResponseWriter, r *http.Request)
 	if isExtendedConnect(r) {
 		c.stream = true
 		c.src, c.body = r.Body, r.Body
-		r.Body = &watchedBody{ReadCloser: r.Body, lc: c}
+		r.Body = (*watchedBody)(c)
 	}
 	return c, &c.writer
 }
