@@ -157,7 +157,7 @@ func (h *Handler) serveFirstMessage(w http.ResponseWriter, r *http.Request, next
 		return h.refuse(hs, ref)
 	}
 	hs.id.source = sourceFirstMessage
-	h.accepted(hs)
+	h.accepted(hs, nil)
 	release() // decided: the connection is no longer pending
 
 	if proto == "" {

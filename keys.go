@@ -773,7 +773,15 @@ func algsForKey(key any) []string {
 // used hash does not.
 type hmacKey struct {
 	alg  string
-	pool sync.Pool
+	pool sync.Pool // of *pooledMAC
+}
+
+// A pooledMAC is a keyed hash with room for its sum: a sum into a buffer
+// on verify's stack would be on the heap, since Sum is called through an
+// interface.
+type pooledMAC struct {
+	mac hash.Hash
+	sum [sha512.Size]byte
 }
 
 func newHMACKey(alg string, secret []byte) *hmacKey {
@@ -787,17 +795,16 @@ func newHMACKey(alg string, secret []byte) *hmacKey {
 		hf = sha512.New
 	}
 	k := &hmacKey{alg: alg}
-	k.pool.New = func() any { return hmac.New(hf, secret) }
+	k.pool.New = func() any { return &pooledMAC{mac: hmac.New(hf, secret)} }
 	return k
 }
 
 // verify reports, in constant time, whether sig is the MAC of input.
 func (k *hmacKey) verify(input, sig []byte) bool {
-	m := k.pool.Get().(hash.Hash)
-	m.Reset()
-	m.Write(input)
-	var buf [sha512.Size]byte
-	ok := hmac.Equal(m.Sum(buf[:0]), sig)
+	m := k.pool.Get().(*pooledMAC)
+	m.mac.Reset()
+	m.mac.Write(input)
+	ok := hmac.Equal(m.mac.Sum(m.sum[:0]), sig)
 	k.pool.Put(m)
 	return ok
 }

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
@@ -54,6 +55,8 @@ type liveConn struct {
 	slots  ConnectionSlots // where the user's connection slot was taken; nil: none
 	state  atomic.Int32
 	source sourceKind
+	// refreshed: a refresh message replaced jti and expires; guarded by mu.
+	refreshed bool
 
 	// The two ends, set before start and read-only after it. Over HTTP/1.1
 	// (and first_message over any version) reverse_proxy copies through
@@ -66,15 +69,20 @@ type liveConn struct {
 	src     io.Reader // where client bytes are read
 	dst     io.Writer // where client bytes are written
 
-	mu      sync.Mutex // guards jti, expires and closer
+	mu      sync.Mutex // guards jti, expires, closer, refreshed and claims
 	jti     string
 	expires time.Time
 	closer  *time.Timer // the close sequence's next step
+	claims  *lazyClaims // the handshake token's, once a placeholder needs them
 
 	// Where the connection is in the registry's expiries, and when it
 	// expires there (unix ns); guarded by the registry's lock.
 	expireAt int64
-	heapIdx  int
+	heapIdx  int32
+
+	// interrupted: the module ended a pending read of the client's
+	// (interruptRead). Beside heapIdx, it takes what would be padding.
+	interrupted atomic.Bool
 
 	in inbound // the reading goroutine's
 
@@ -83,7 +91,6 @@ type liveConn struct {
 	closeQueued bool
 	sentClose   bool
 	shutting    atomic.Bool // shut has begun (once)
-	interrupted atomic.Bool
 	out         outbound
 	pending     []byte // frames for the client, waiting for a frame boundary
 
@@ -126,7 +133,7 @@ func (h *Handler) newLive(hs *handshake, w http.ResponseWriter, r *http.Request)
 	if isExtendedConnect(r) {
 		c.stream = true
 		c.src, c.body = r.Body, r.Body
-		r.Body = &watchedBody{ReadCloser: r.Body, lc: c}
+		r.Body = (*watchedBody)(c)
 	}
 	return c, &c.writer
 }
@@ -348,7 +355,7 @@ func (c *liveConn) refreshWith(token string) {
 	}
 	exp := id.expires()
 	c.mu.Lock()
-	c.expires, c.jti = exp, id.claims.ID.s
+	c.expires, c.jti, c.refreshed = exp, id.claims.ID.s, true
 	if c.cred != nil {
 		c.cred = c.h.hold(token, id.from)
 	}
@@ -423,7 +430,7 @@ func (reg *registry) add(c *liveConn) {
 	defer reg.mu.Unlock()
 	reg.conns[c] = struct{}{}
 	if c.h.expire && !c.expires.IsZero() {
-		c.expireAt = c.deadline().UnixNano()
+		c.expireAt = expiryNanos(c.deadline())
 		heap.Push(&reg.expiries, c)
 		reg.arm()
 	}
@@ -438,7 +445,7 @@ func (reg *registry) remove(c *liveConn) {
 	delete(reg.conns, c)
 	delete(reg.rechecks, c)
 	if c.heapIdx >= 0 {
-		heap.Remove(&reg.expiries, c.heapIdx)
+		heap.Remove(&reg.expiries, int(c.heapIdx))
 	}
 }
 
@@ -453,14 +460,14 @@ func (reg *registry) reschedule(c *liveConn, deadline time.Time) {
 	switch {
 	case deadline.IsZero():
 		if c.heapIdx >= 0 {
-			heap.Remove(&reg.expiries, c.heapIdx)
+			heap.Remove(&reg.expiries, int(c.heapIdx))
 		}
 		return
 	case c.heapIdx >= 0:
-		c.expireAt = deadline.UnixNano()
-		heap.Fix(&reg.expiries, c.heapIdx)
+		c.expireAt = expiryNanos(deadline)
+		heap.Fix(&reg.expiries, int(c.heapIdx))
 	default:
-		c.expireAt = deadline.UnixNano()
+		c.expireAt = expiryNanos(deadline)
 		heap.Push(&reg.expiries, c)
 	}
 	reg.arm()
@@ -500,6 +507,19 @@ func (reg *registry) fire() {
 	}
 }
 
+// expiryNanos is t in unix nanoseconds for the expiry heap, which holds a
+// date past 2262 (a token may expire as late as 9999) as the latest it
+// can: UnixNano would wrap it into the past.
+func expiryNanos(t time.Time) int64 {
+	if t.After(maxExpiry) {
+		return math.MaxInt64
+	}
+	return t.UnixNano()
+}
+
+// maxExpiry is the latest time UnixNano holds.
+var maxExpiry = time.Unix(0, math.MaxInt64)
+
 // expiryHeap orders connections by expireAt (container/heap).
 type expiryHeap []*liveConn
 
@@ -507,12 +527,12 @@ func (e expiryHeap) Len() int           { return len(e) }
 func (e expiryHeap) Less(i, j int) bool { return e[i].expireAt < e[j].expireAt }
 func (e expiryHeap) Swap(i, j int) {
 	e[i], e[j] = e[j], e[i]
-	e[i].heapIdx, e[j].heapIdx = i, j
+	e[i].heapIdx, e[j].heapIdx = int32(i), int32(j)
 }
 
 func (e *expiryHeap) Push(x any) {
 	c := x.(*liveConn)
-	c.heapIdx = len(*e)
+	c.heapIdx = int32(len(*e))
 	*e = append(*e, c)
 }
 

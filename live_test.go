@@ -1574,3 +1574,17 @@ func TestLiveRevokedWhileDialing(t *testing.T) {
 		t.Errorf("mallory, blocked while her upstream answered: %s, want close 1008 revoked", got)
 	}
 }
+
+// TestLiveFarExpiry: a token whose exp is past what a time in nanoseconds
+// holds (after 2262, up to 9999 as RFC 7519 dates go) keeps its
+// connection open; the expiry heap once wrapped it into the past and
+// closed it at once as expired.
+func TestLiveFarExpiry(t *testing.T) {
+	up := newLiveUpstream(t)
+	addr := startCaddy(t, site(""), up.addr())
+	far := time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC).Unix()
+	c := dialLive(t, liveURL(addr, "/ws", hs256(t, claims("alice", func(m jwt.MapClaims) { m["exp"] = far }))))
+	c.echo("now")
+	c.quietUntil(time.Now().Add(1500 * time.Millisecond))
+	c.echo("still open")
+}

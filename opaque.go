@@ -601,21 +601,33 @@ func (h *Handler) activeAnswer(raw []byte, user, scopes string, haveScopes bool)
 	id := &a.id
 	id.verified = true // the endpoint vouches for it, as a signature does
 	id.lazy.payload = base64.RawURLEncoding.EncodeToString(raw)
-	ref := h.checkClaims(raw, id, func(c *tokenClaims) {
-		if user != "" {
-			c.Subject = optString{s: user, ok: true}
-		}
-		if haveScopes {
-			// Whichever claim scope_claim names reads the header's.
-			c.Scope, c.Scp = scopeList{str: scopes}, scopeList{str: scopes}
-		}
-	})
+	ref := h.checkClaims(raw, id, &answerHeaders{user: user, scopes: scopes, haveScopes: haveScopes})
 	if ref != nil {
 		a.ref = ref // an expired one too: cached as a refusal, for negTTL
 		return a
 	}
 	id.lazy.all, id.lazy.err = nil, nil // decoded by each handshake's copy
 	return a
+}
+
+// answerHeaders is what a session endpoint says outside its claims: the
+// user and scopes of its response headers, which take the place of the
+// claims'.
+type answerHeaders struct {
+	user       string // "": none
+	scopes     string
+	haveScopes bool
+}
+
+// apply sets c's user and scopes to what the headers say.
+func (ah *answerHeaders) apply(c *tokenClaims) {
+	if ah.user != "" {
+		c.Subject = optString{s: ah.user, ok: true}
+	}
+	if ah.haveScopes {
+		// Whichever claim scope_claim names reads the header's.
+		c.Scope, c.Scp = scopeList{str: ah.scopes}, scopeList{str: ah.scopes}
+	}
 }
 
 // unavailable is the answer when the endpoint cannot judge: never cached.

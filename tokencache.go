@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rsa"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -72,13 +73,39 @@ type tokenCache struct {
 	bytes   int
 }
 
-// A cachedToken is a verified token: its identity as verify left it, and
-// what found its key.
+// A cachedToken is a verified token: what the decision reads of its
+// identity after verify, and what found its key. A hit makes the identity
+// that verify made, but for the audience and the scope claims as the token
+// wrote them, which only verify reads (TestTokenCacheIdentity): an entry
+// outlives its handshake by up to max_age, and the whole identity (352
+// bytes, which also kept the audience's strings) put an entry in the
+// 448-byte size class, where it now takes 224.
 type cachedToken struct {
-	id       identity
-	alg, kid string
-	key      any // compared with what alg and kid find now
-	added    time.Time
+	user, jti, iss string
+	granted        scopeList
+	exp, nbf, iat  numericDate
+	jtiOK, issOK   bool
+	alg, kid       string
+	key            any // compared with what alg and kid find now
+	added          time.Time
+}
+
+// identity is the identity verify made of token, which e caches.
+func (e *cachedToken) identity(token string) identity {
+	return identity{
+		claims: tokenClaims{
+			Issuer:    optString{s: e.iss, ok: e.issOK},
+			Subject:   optString{s: e.user, ok: true}, // verify accepts none without
+			ExpiresAt: e.exp,
+			NotBefore: e.nbf,
+			IssuedAt:  e.iat,
+			ID:        optString{s: e.jti, ok: e.jtiOK},
+		},
+		user:     e.user,
+		verified: true,
+		granted:  e.granted,
+		lazy:     lazyClaims{payload: token[strings.IndexByte(token, '.')+1 : strings.LastIndexByte(token, '.')]},
+	}
 }
 
 // newTokenCache returns the cache tc asks for, or nil when it is off.
@@ -115,7 +142,7 @@ func (h *Handler) cachedIdentity(token string, id *identity) bool {
 		wsMetrics.cacheMiss.Inc()
 		return false
 	}
-	*id = e.id
+	*id = e.identity(token)
 	wsMetrics.cacheHit.Inc()
 	return true
 }
@@ -156,8 +183,12 @@ func (c *tokenCache) put(token string, id *identity, alg, kid string, key any) {
 	if !keysEqual(key, key) {
 		return // verified by one of several keys without a kid: not kept
 	}
-	e := &cachedToken{id: *id, alg: alg, kid: kid, key: key, added: time.Now()}
-	e.id.lazy.all, e.id.lazy.err = nil, nil // decoded by each handshake's copy
+	cl := &id.claims
+	e := &cachedToken{
+		user: id.user, jti: cl.ID.s, iss: cl.Issuer.s, granted: id.granted,
+		exp: cl.ExpiresAt, nbf: cl.NotBefore, iat: cl.IssuedAt, jtiOK: cl.ID.ok, issOK: cl.Issuer.ok,
+		alg: alg, kid: kid, key: key, added: time.Now(),
+	}
 	size := len(token) + cachedIdentitySize
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -179,7 +210,7 @@ func (c *tokenCache) evictLocked() bool {
 	n := len(c.entries)
 	t := now()
 	for tok, e := range c.entries {
-		if !t.Before(e.id.claims.ExpiresAt.time()) || time.Since(e.added) >= c.maxAge {
+		if !t.Before(e.exp.time()) || time.Since(e.added) >= c.maxAge {
 			c.deleteLocked(tok)
 		}
 	}

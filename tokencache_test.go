@@ -1,6 +1,7 @@
 package wsauth
 
 import (
+	"reflect"
 	"strconv"
 	"testing"
 	"time"
@@ -115,5 +116,60 @@ func TestTokenCacheBounds(t *testing.T) {
 	}
 	if bytes > maxTokenCacheBytes {
 		t.Errorf("the cache holds %d bytes, more than %d", bytes, maxTokenCacheBytes)
+	}
+}
+
+// TestTokenCacheIdentity: a hit makes the identity that the full check of
+// the same token made, but for what only verify reads (the audience, and
+// the scope claims as the token wrote them; granted holds the scopes) and
+// the claims that a placeholder decoded. A field added to identity or to
+// tokenClaims shows here until the cache keeps it, or this test says why
+// it need not.
+func TestTokenCacheIdentity(t *testing.T) {
+	exp := time.Now().Add(time.Hour).Unix()
+	for _, tc := range []struct {
+		name string
+		h    Handler
+		c    jwt.MapClaims
+	}{
+		{"defaults", Handler{}, claims("alice")},
+		{"issuer, audiences and scopes as arrays", Handler{Issuers: []string{"iss-a"}, Audiences: []string{"aud-a"}},
+			claims("bob", func(c jwt.MapClaims) {
+				c["iss"], c["aud"], c["scope"] = "iss-a", []string{"aud-a", "aud-b"}, []string{"chat:read", "chat:write"}
+			})},
+		{"scp, no jti, no iss, a fractional exp", Handler{},
+			claims("carol", func(c jwt.MapClaims) {
+				delete(c, "jti")
+				delete(c, "scope")
+				c["scp"], c["exp"] = "a b", float64(exp)+0.5
+			})},
+		{"a jti that is no string", Handler{}, claims("dave", func(c jwt.MapClaims) { c["jti"] = 42 })},
+		{"user and scope claims of their own", Handler{UserClaim: "email", ScopeClaim: "org.perms"},
+			claims("erin", func(c jwt.MapClaims) {
+				c["email"], c["org"] = "erin@example.com", map[string]any{"perms": []string{"x", "y"}}
+			})},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := tc.h
+			h.Secrets = []string{testSecret}
+			hp := provisioned(t, &h)
+			tok := hs256(t, tc.c)
+			var full, hit identity
+			if ref := hp.verify(tok, &full); ref != nil {
+				t.Fatalf("full check: %v", ref.detail)
+			}
+			before := cacheHits()
+			if ref := hp.verify(tok, &hit); ref != nil {
+				t.Fatalf("cache hit: %v", ref.detail)
+			}
+			if d := cacheHits() - before; d != 1 {
+				t.Fatalf("the second check was %v cache hits, want 1", d)
+			}
+			full.claims.Audience, full.claims.Scope, full.claims.Scp = audience{}, scopeList{}, scopeList{}
+			full.lazy.all, full.lazy.err = nil, nil
+			if !reflect.DeepEqual(hit, full) {
+				t.Errorf("a hit made\n%+v\nwhere the full check made\n%+v", hit, full)
+			}
+		})
 	}
 }

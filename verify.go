@@ -411,11 +411,13 @@ func (h *Handler) verify(token string, id *identity) *refusal {
 // checkClaims decodes the claims of a verified credential (a JWT's
 // payload, an introspection answer, a session endpoint's JSON) from raw,
 // a JSON object, into id and checks them: times, issuer, audience, user.
-// override, if not nil, sets what an answer says outside its claims (a
-// session endpoint's user and scopes headers) before the checks. A JWT
+// headers, if not nil, is what an answer says outside its claims (a
+// session endpoint's user and scopes), set before the checks. (A method
+// rather than a func value: a func called with a pointer into id would
+// move every handshake's identity to the heap.) A JWT
 // must have an exp; an opaque credential's answer may not (RFC 7662 makes
 // it optional), and then the credential has no expiry of its own.
-func (h *Handler) checkClaims(raw []byte, id *identity, override func(*tokenClaims)) *refusal {
+func (h *Handler) checkClaims(raw []byte, id *identity, headers *answerHeaders) *refusal {
 	id.claims = tokenClaims{}
 	err := strictObject(raw, func(name, v []byte) error {
 		return id.claims.member(name, v, h.issuers, h.audiences)
@@ -439,8 +441,8 @@ func (h *Handler) checkClaims(raw []byte, id *identity, override func(*tokenClai
 			c.Scope, c.Scp = scopeFromAny(id.lookup(h.scopeClaim)), scopeList{}
 		}
 	}
-	if override != nil {
-		override(c)
+	if headers != nil {
+		headers.apply(c)
 	}
 	if !c.ExpiresAt.set && h.opaque == nil {
 		return &refusal{reason: reasonInvalid, detail: errNoExp}

@@ -557,37 +557,42 @@ func (lw *liveWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		brw.Reader.Reset(eofReader{})
 	}
 	lc.start()
-	wc := &watchedConn{Conn: conn, lc: lc}
+	wc := (*watchedConn)(lc)
 	brw.Writer.Reset(wc)
 	return wc, brw, nil
 }
 
-// watchedConn is the client connection reverse_proxy copies to and from.
-type watchedConn struct {
-	net.Conn
-	lc *liveConn
-}
+// watchedConn is the client connection reverse_proxy copies to and from:
+// the liveConn itself, seen as a net.Conn over its conn, rather than a
+// wrapper of its own that the connection would keep for its whole life.
+type watchedConn liveConn
 
-func (wc *watchedConn) Read(p []byte) (int, error)  { return wc.lc.read(p) }
-func (wc *watchedConn) Write(p []byte) (int, error) { return wc.lc.write(p) }
+func (wc *watchedConn) Read(p []byte) (int, error)  { return (*liveConn)(wc).read(p) }
+func (wc *watchedConn) Write(p []byte) (int, error) { return (*liveConn)(wc).write(p) }
+
+func (wc *watchedConn) Close() error                       { return wc.conn.Close() }
+func (wc *watchedConn) LocalAddr() net.Addr                { return wc.conn.LocalAddr() }
+func (wc *watchedConn) RemoteAddr() net.Addr               { return wc.conn.RemoteAddr() }
+func (wc *watchedConn) SetDeadline(t time.Time) error      { return wc.conn.SetDeadline(t) }
+func (wc *watchedConn) SetReadDeadline(t time.Time) error  { return wc.conn.SetReadDeadline(t) }
+func (wc *watchedConn) SetWriteDeadline(t time.Time) error { return wc.conn.SetWriteDeadline(t) }
 
 // CloseWrite half-closes the client connection, as reverse_proxy does when
 // the upstream's side ends, where the connection can (TCP).
 func (wc *watchedConn) CloseWrite() error {
-	if cw, ok := wc.Conn.(interface{ CloseWrite() error }); ok {
+	if cw, ok := wc.conn.(interface{ CloseWrite() error }); ok {
 		return cw.CloseWrite()
 	}
 	return errors.ErrUnsupported
 }
 
 // watchedBody is the request body of an HTTP/2 or HTTP/3 WebSocket, which
-// reverse_proxy reads the client's frames from.
-type watchedBody struct {
-	io.ReadCloser
-	lc *liveConn
-}
+// reverse_proxy reads the client's frames from: the liveConn itself, seen
+// as the body, as watchedConn is.
+type watchedBody liveConn
 
-func (wb *watchedBody) Read(p []byte) (int, error) { return wb.lc.read(p) }
+func (wb *watchedBody) Read(p []byte) (int, error) { return (*liveConn)(wb).read(p) }
+func (wb *watchedBody) Close() error               { return wb.body.Close() }
 
 // drainReader reads what the server had buffered, then the connection
 // itself, dropping the buffer once it is empty: an idle connection keeps

@@ -1,6 +1,7 @@
 package wsauth
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"runtime/debug"
@@ -113,7 +114,6 @@ func (h *Handler) decide(w http.ResponseWriter, r *http.Request, upgrade bool) (
 		iss, user = hs.id.claims.Issuer.s, hs.id.user
 	}
 	hs.id.source = src.kind
-	h.accepted(&hs)
 
 	// Caddy logs a request whose handler chain fails with the request as it
 	// arrived, stripped or not, and only redacts the credential headers: a
@@ -149,9 +149,10 @@ func (h *Handler) decide(w http.ResponseWriter, r *http.Request, upgrade bool) (
 			r.Header.Del("Sec-Websocket-Extensions")
 		}
 		p.lc, w = h.newLive(&hs, w, r)
-		if slot {
-			p.lc.slots, slot = h.slots, false
-		}
+	}
+	h.accepted(&hs, p.lc)
+	if slot {
+		p.lc.slots, slot = h.slots, false
 	}
 	p.accepted, p.w = true, w
 	return p, nil
@@ -204,15 +205,22 @@ func (h *Handler) checkClient(r *http.Request) *refusal {
 }
 
 // accepted logs the decision and makes the identity's placeholders
-// available to the handlers that follow. Acceptances are logged at DEBUG:
-// at INFO the log write would be the largest cost of a handshake, and
-// Caddy's access log already records accepted requests with their user_id.
-func (h *Handler) accepted(hs *handshake) {
+// available to the handlers that follow: lc's, for a WebSocket whose watch
+// is made (nil for a plain request, and for first_message, whose watch
+// comes later, after checks that may still refuse the connection).
+// Acceptances are logged at DEBUG: at INFO the log write would be the
+// largest cost of a handshake, and Caddy's access log already records
+// accepted requests with their user_id.
+func (h *Handler) accepted(hs *handshake, lc *liveConn) {
 	wsMetrics.accepted.Inc()
 	if c := h.logger.Check(zapcore.DebugLevel, "websocket authenticated"); c != nil {
 		c.Write(h.logFields(hs)...)
 	}
 	repl := hs.r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if lc != nil {
+		repl.Map(lc.placeholders(hs.id.lazy.payload, hs.id.granted.String()))
+		return
+	}
 	repl.Map(hs.id.view().placeholder)
 }
 
@@ -231,7 +239,9 @@ type handshake struct {
 
 // A placeholderView is what the placeholders read of an accepted
 // identity: a small copy, so that the replacer, which lives as long as the
-// request (a WebSocket's whole life), keeps it and not the handshake.
+// request (a WebSocket's whole life), keeps it and not the handshake. A
+// WebSocket watched from its handshake on keeps none: its placeholders
+// read its liveConn (liveConn.placeholders).
 type placeholderView struct {
 	user    string
 	jti     string
@@ -249,6 +259,12 @@ func (id *identity) view() *placeholderView {
 // placeholder resolves the {ws_auth.*} placeholders and {http.auth.user.id},
 // decoding claims only when one is asked for.
 func (pv *placeholderView) placeholder(key string) (any, bool) {
+	return pv.resolve(key, pv.claims.get)
+}
+
+// resolve is placeholder with the claims from claims, which decodes them
+// on its first call.
+func (pv *placeholderView) resolve(key string, claims func() map[string]any) (any, bool) {
 	if key == "http.auth.user.id" {
 		return pv.user, true
 	}
@@ -267,13 +283,54 @@ func (pv *placeholderView) placeholder(key string) (any, bool) {
 		return pv.source.String(), true
 	}
 	if claim, ok := strings.CutPrefix(name, "claims."); ok {
-		v, ok := lookupPath(pv.claims.get(), claim)
+		v, ok := lookupPath(claims(), claim)
 		if !ok {
 			return "", true
 		}
 		return formatClaim(v), true
 	}
 	return nil, false
+}
+
+// placeholders returns the placeholder function of an accepted WebSocket.
+// It reads the identity from the connection's watch, which holds the user,
+// jti, expiry and token source anyway, rather than from a placeholderView
+// of its own: the function, which the replacer keeps for the connection's
+// whole life, holds only the connection, the token's payload segment (a
+// part of the request's token, for the claims) and the granted scopes.
+func (c *liveConn) placeholders(payload, scopes string) caddy.ReplacerFunc {
+	return func(key string) (any, bool) { return c.placeholder(key, payload, scopes) }
+}
+
+// placeholder resolves a WebSocket's placeholders as its handshake
+// accepted it. After a refresh message the connection runs under the new
+// token's jti and expiry, but the placeholders still show the handshake
+// token's, as its claims and scopes do: those two are read from its
+// payload then. The claims are decoded once, when a placeholder first needs
+// them. c.mu is held throughout: a refresh may come at any time.
+func (c *liveConn) placeholder(key, payload, scopes string) (any, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	claims := func() map[string]any {
+		if c.claims == nil {
+			c.claims = &lazyClaims{payload: payload}
+		}
+		return c.claims.get()
+	}
+	pv := placeholderView{user: c.user, jti: c.jti, expires: c.expires,
+		scopes: scopeList{str: scopes}, source: c.source}
+	if c.refreshed && (key == "ws_auth.jti" || key == "ws_auth.expires") {
+		if m := claims(); m != nil {
+			// As verify reads them: a jti that is no string is none, and
+			// exp is a number (a valid token has one).
+			pv.jti, _ = m["jti"].(string)
+			var exp numericDate
+			if n, ok := m["exp"].(json.Number); ok && exp.UnmarshalJSON([]byte(n)) == nil {
+				pv.expires = exp.time()
+			}
+		}
+	}
+	return pv.resolve(key, claims)
 }
 
 var (
