@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -152,25 +151,8 @@ func TestBrowserSessionCookie(t *testing.T) {
 	}, up.addr())
 	origin, wsURL := "http://"+addr, "ws://"+addr+"/ws"
 
-	userDataDir, err := os.MkdirTemp("", "wsauth-chromium-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer removeProfile(t, userDataDir)
-	var output browserOutput
-	allocCtx, allocCancel := chromedp.NewExecAllocator(ctx, append(browserFlags(userDataDir),
-		chromedp.ExecPath(browser), chromedp.CombinedOutput(&output))...)
-	defer allocCancel()
-	events := new(wsEvents)
-	bctx, bcancel := chromedp.NewContext(allocCtx, chromedp.WithListener(events.listen))
-	defer bcancel()
-	defer func() {
-		cctx, ccancel := context.WithTimeout(bctx, 10*time.Second)
-		defer ccancel()
-		if err := chromedp.Cancel(cctx); err != nil {
-			t.Logf("closing the browser: %v", err)
-		}
-	}()
+	bctx, events, output, stop := launchBrowser(t, ctx, browser)
+	defer stop()
 	var last wsResult // what the page saw last, for a failure's log
 	defer func() {
 		if t.Failed() {

@@ -181,28 +181,8 @@ func TestBrowserCloseCodes(t *testing.T) {
 	}`
 	}, up.addr())
 
-	// The browser, in a fresh profile directory that is removed once it has
-	// stopped.
-	userDataDir, err := os.MkdirTemp("", "wsauth-chromium-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer removeProfile(t, userDataDir)
-	var output browserOutput
-	allocCtx, allocCancel := chromedp.NewExecAllocator(ctx, append(browserFlags(userDataDir),
-		chromedp.ExecPath(browser), chromedp.CombinedOutput(&output))...)
-	defer allocCancel() // kills the browser if the graceful close below failed, and waits for it
-	events := new(wsEvents)
-	bctx, bcancel := chromedp.NewContext(allocCtx, chromedp.WithListener(events.listen))
-	defer bcancel()
-	defer func() {
-		// Close the browser gracefully, bounded.
-		cctx, ccancel := context.WithTimeout(bctx, 10*time.Second)
-		defer ccancel()
-		if err := chromedp.Cancel(cctx); err != nil {
-			t.Logf("closing the browser: %v", err)
-		}
-	}()
+	bctx, events, output, stop := launchBrowser(t, ctx, browser)
+	defer stop()
 
 	pageURL := "http://" + addr + "/page"
 	if err := chromedp.Do(bctx, chromedp.Navigate(pageURL)); err != nil {
@@ -324,6 +304,33 @@ func TestBrowserCloseCodes(t *testing.T) {
 // removeProfile removes the browser's profile directory. Chromium's helper
 // processes may still write to it for a moment after the browser exits, so
 // removal is retried briefly.
+// launchBrowser starts Chromium (the executable browser) under ctx, in a
+// fresh profile directory, and returns its context, the WebSocket events it
+// reports and its output; stop, to be deferred, closes it gracefully
+// (bounded), kills it if that failed, waits for it, and removes the
+// profile.
+func launchBrowser(t *testing.T, ctx context.Context, browser string) (bctx context.Context, events *wsEvents, output *browserOutput, stop func()) {
+	userDataDir, err := os.MkdirTemp("", "wsauth-chromium-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	output = new(browserOutput)
+	allocCtx, allocCancel := chromedp.NewExecAllocator(ctx, append(browserFlags(userDataDir),
+		chromedp.ExecPath(browser), chromedp.CombinedOutput(output))...)
+	events = new(wsEvents)
+	bctx, bcancel := chromedp.NewContext(allocCtx, chromedp.WithListener(events.listen))
+	return bctx, events, output, func() {
+		cctx, ccancel := context.WithTimeout(bctx, 10*time.Second)
+		if err := chromedp.Cancel(cctx); err != nil {
+			t.Logf("closing the browser: %v", err)
+		}
+		ccancel()
+		bcancel()
+		allocCancel() // kills the browser if the graceful close failed, and waits for it
+		removeProfile(t, userDataDir)
+	}
+}
+
 func removeProfile(t *testing.T, dir string) {
 	var err error
 	for i := 0; i < 50; i++ {
@@ -380,25 +387,8 @@ func TestBrowserSeesExpiry(t *testing.T) {
 	}`
 	}, up.addr())
 
-	userDataDir, err := os.MkdirTemp("", "wsauth-chromium-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer removeProfile(t, userDataDir)
-	var output browserOutput
-	allocCtx, allocCancel := chromedp.NewExecAllocator(ctx, append(browserFlags(userDataDir),
-		chromedp.ExecPath(browser), chromedp.CombinedOutput(&output))...)
-	defer allocCancel()
-	events := new(wsEvents)
-	bctx, bcancel := chromedp.NewContext(allocCtx, chromedp.WithListener(events.listen))
-	defer bcancel()
-	defer func() {
-		cctx, ccancel := context.WithTimeout(bctx, 10*time.Second)
-		defer ccancel()
-		if err := chromedp.Cancel(cctx); err != nil {
-			t.Logf("closing the browser: %v", err)
-		}
-	}()
+	bctx, events, output, stop := launchBrowser(t, ctx, browser)
+	defer stop()
 
 	pageURL := "http://" + addr + "/page"
 	if err := chromedp.Do(bctx, chromedp.Navigate(pageURL)); err != nil {

@@ -263,24 +263,8 @@ func TestBrowserDemoPagePromises(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	userDataDir, err := os.MkdirTemp("", "wsauth-chromium-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer removeProfile(t, userDataDir)
-	var output browserOutput
-	allocCtx, allocCancel := chromedp.NewExecAllocator(ctx, append(browserFlags(userDataDir),
-		chromedp.ExecPath(browser), chromedp.CombinedOutput(&output))...)
-	defer allocCancel()
-	bctx, bcancel := chromedp.NewContext(allocCtx)
-	defer bcancel()
-	defer func() {
-		cctx, ccancel := context.WithTimeout(bctx, 10*time.Second)
-		defer ccancel()
-		if err := chromedp.Cancel(cctx); err != nil {
-			t.Logf("closing the browser: %v", err)
-		}
-	}()
+	bctx, _, output, stop := launchBrowser(t, ctx, browser)
+	defer stop()
 
 	// The page is opened at the address the demo logged at start.
 	if err := chromedp.Do(bctx, chromedp.Navigate(d.url)); err != nil {
