@@ -55,7 +55,8 @@ type liveConn struct {
 	slots  ConnectionSlots // where the user's connection slot was taken; nil: none
 	state  atomic.Int32
 	source sourceKind
-	// refreshed: a refresh message replaced jti and expires; guarded by mu.
+	// refreshed: a refresh message (or a recheck) replaced jti or
+	// expires; guarded by mu.
 	refreshed bool
 
 	// The two ends, set before start and read-only after it. Over HTTP/1.1
@@ -90,9 +91,13 @@ type liveConn struct {
 	done        bool       // ended: the client's writer may be gone with the handler
 	closeQueued bool
 	sentClose   bool
-	shutting    atomic.Bool // shut has begun (once)
-	out         outbound
-	pending     []byte // frames for the client, waiting for a frame boundary
+	// fromIdx is the handler's token source that yielded the credential
+	// (noSource: first_message), for an opaque refresh token to be sent
+	// the same way; read-only. Here it takes what would be padding.
+	fromIdx  uint8
+	shutting atomic.Bool // shut has begun (once)
+	out      outbound
+	pending  []byte // frames for the client, waiting for a frame boundary
 
 	// The message rate per connection (GCRA), when the next notify may
 	// go, and when the next refresh message may come (unix ns); the
@@ -116,16 +121,22 @@ type liveConn struct {
 // r is the request as it goes on.
 func (h *Handler) newLive(hs *handshake, w http.ResponseWriter, r *http.Request) (*liveConn, http.ResponseWriter) {
 	c := &liveConn{
-		h:      h,
-		ip:     clientIP(r),
-		origin: r.Header.Get("Origin"),
-		path:   r.URL.Path,
-		source: hs.id.source,
-		iss:    hs.id.claims.Issuer.s,
-		user:   hs.id.user,
-		jti:    hs.id.claims.ID.s,
+		h:       h,
+		ip:      clientIP(r),
+		origin:  r.Header.Get("Origin"),
+		path:    r.URL.Path,
+		source:  hs.id.source,
+		fromIdx: noSource,
+		iss:     hs.id.claims.Issuer.s,
+		user:    hs.id.user,
+		jti:     hs.id.claims.ID.s,
 	}
 	c.expires = hs.id.expires()
+	for i := range h.sources {
+		if &h.sources[i] == hs.id.from && i < noSource {
+			c.fromIdx = uint8(i)
+		}
+	}
 	if h.opaque != nil && h.Revalidate > 0 {
 		c.cred = h.hold(hs.token, hs.id.from)
 	}
@@ -381,19 +392,15 @@ func (c *liveConn) refreshWith(token string) {
 // cookie); nil for first_message, sent as a bearer token, and for JWTs,
 // which are judged here.
 func (c *liveConn) credentialSource() *tokenSource {
-	if c.h.opaque == nil {
+	if c.h.opaque == nil || c.fromIdx == noSource {
 		return nil
 	}
-	if c.cred != nil {
-		return c.cred.from // replaced only by a refresh, on this goroutine
-	}
-	for i := range c.h.sources {
-		if c.h.sources[i].kind == c.source {
-			return &c.h.sources[i]
-		}
-	}
-	return nil
+	return &c.h.sources[c.fromIdx]
 }
+
+// noSource is liveConn.fromIdx of a credential that no source of the
+// handler's list yielded (first_message's).
+const noSource = 255
 
 // blocked reports whether the connection's token, user or IP is on its
 // handler's blocklist now.

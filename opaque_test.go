@@ -1,6 +1,7 @@
 package wsauth
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -810,5 +811,137 @@ func TestOpaqueRecheckSharesCalls(t *testing.T) {
 	// two or three rechecks.
 	if got := app.callsFor("s-alice") - handshakes; got < 2 || got > 3 {
 		t.Errorf("%d rechecks of one credential held by %d connections in 9 s with revalidate 4s, want 2 or 3", got, len(tabs))
+	}
+}
+
+// waitRechecksIdle waits until the process's recheck goroutine has ended
+// (no live connection of an opaque credential is left), for a test that
+// swaps the package's clock, which that goroutine reads.
+func waitRechecksIdle(t testing.TB) {
+	eventually(t, 5*time.Second, "the rechecks' goroutine ends", func() string {
+		liveConns.mu.RLock()
+		defer liveConns.mu.RUnlock()
+		if liveConns.sweeping {
+			return fmt.Sprintf("%d connections rechecked", len(liveConns.rechecks))
+		}
+		return ""
+	})
+}
+
+// TestOpaqueRecheckAfterRefresh: a recheck of the handshake's token that
+// is still waiting for its answer when a refresh message replaces the
+// token does not apply the old token's answer: the connection keeps the
+// new token's expiry (it closed at the old one's, 4001, before).
+func TestOpaqueRecheckAfterRefresh(t *testing.T) {
+	t.Setenv("WSAUTH_TEST_INTROSPECT_SECRET", introspectSecret)
+	var oldExp, oldCalls, newCalls atomic.Int64
+	oldExp.Store(time.Now().Add(time.Hour).Unix())
+	later := time.Now().Add(time.Hour).Unix()
+	arrived, release, hold := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		out := map[string]any{"active": true, "sub": "alice"}
+		switch r.PostFormValue("token") {
+		case "tok-old":
+			if oldCalls.Add(1) >= 2 { // the recheck: held until the refresh is done
+				once.Do(func() { close(arrived) })
+				<-release
+			}
+			out["exp"] = oldExp.Load()
+		case "tok-new":
+			out["exp"] = later
+			if newCalls.Add(1) >= 2 { // its own recheck, held: it cannot mend the expiry
+				<-hold
+			}
+		default:
+			out = map[string]any{"active": false}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(out)
+	}))
+	defer srv.Close()
+	defer close(hold)
+	site := strings.Replace(introspectSite(srv.URL+"/introspect", "cache 0 0", "refresh_message\n\t\trevalidate 3s"),
+		"token_source header", "token_source query", 1)
+	addr := startCaddy(t, site, newLiveUpstream(t).addr())
+	c := dialLive(t, liveURL(addr, "/ws", "tok-old"))
+	c.echo("hello")
+	select {
+	case <-arrived:
+	case <-time.After(6 * time.Second):
+		t.Fatal("no recheck of the handshake's token")
+	}
+	c.refresh("tok-new")
+	c.expectRefreshOK(later)
+	// The old token is still active (a client refreshes before its exp),
+	// and now expires in 2 s: its answer, applied, would close at that.
+	oldExp.Store(time.Now().Add(2 * time.Second).Unix())
+	close(release)
+	c.quietUntil(time.Unix(oldExp.Load(), 0).Add(1500 * time.Millisecond))
+	c.echo("still open")
+}
+
+// TestOpaqueRecheckInterval: a connection is asked about once per
+// revalidate interval, not more often (a credential was due a tick early,
+// so with revalidate 2s it was asked about every second).
+func TestOpaqueRecheckInterval(t *testing.T) {
+	app := newSessionServer(t)
+	app.set("s-alice", map[string]any{"sub": "alice"})
+	addr := startCaddyFor(t, sessionSite(app.URL+"/api/session", "cache 0 0", "revalidate 2s"), newUpstream(t).addr())
+	c, _, err := dial(addr, "/ws", cookieDial(addr, "s-alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	base := app.callsFor("s-alice")
+	time.Sleep(6 * time.Second)
+	// Each between 1.25 and 2 s after the one before (and the call's
+	// time): 2 to 4 in 6 s.
+	if got := app.callsFor("s-alice") - base; got < 2 || got > 4 {
+		t.Errorf("%d rechecks in 6 s with revalidate 2s, want 2 to 4", got)
+	}
+}
+
+// TestSessionRefreshSecondSource: with two cookie sources and no
+// revalidate, a refresh on a connection that came with the second cookie
+// goes to the app as that cookie (it went as the first, and the app
+// refused it).
+func TestSessionRefreshSecondSource(t *testing.T) {
+	app := newSessionServer(t)
+	exp := time.Now().Add(time.Hour).Unix()
+	app.set("s-alice", map[string]any{"sub": "alice", "exp": exp})
+	site := func(addr string) string {
+		s := sessionSite(app.URL+"/api/session", "", "refresh_message")(addr)
+		return strings.Replace(s, "token_source cookie "+sessionCookie, "token_source cookie legacy_sid\n\t\ttoken_source cookie "+sessionCookie, 1)
+	}
+	addr := startCaddyFor(t, site, newLiveUpstream(t).addr())
+	conn, _, err := dial(addr, "/ws", cookieDial(addr, "s-alice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := conn.WriteMessage(websocket.TextMessage, []byte(`{"type":"refresh_token","token":"s-alice"}`)); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	_, msg, err := conn.ReadMessage()
+	if want := fmt.Sprintf(`{"type":"refresh_token_ok","exp":%d}`, exp); err != nil || string(msg) != want {
+		t.Fatalf("refresh on the second cookie source: %q %v, want %s", msg, err, want)
+	}
+}
+
+// TestOpaquePlaceholderExpires: {ws_auth.expires} shows the handshake's
+// expiry, none for an answer without exp, also once a refresh or a recheck
+// moved the connection's.
+func TestOpaquePlaceholderExpires(t *testing.T) {
+	payload := base64.RawURLEncoding.EncodeToString([]byte(`{"active":true,"sub":"alice"}`))
+	c := &liveConn{h: &Handler{}, user: "alice"}
+	before, _ := c.placeholder("ws_auth.expires", payload, "")
+	c.mu.Lock()
+	c.expires, c.refreshed = time.Now().Add(time.Hour), true
+	c.mu.Unlock()
+	after, _ := c.placeholder("ws_auth.expires", payload, "")
+	if before != "" || after != "" {
+		t.Errorf("{ws_auth.expires}: %q at the handshake, %q after a refresh; want \"\" both", before, after)
 	}
 }

@@ -22,8 +22,10 @@ import (
 // handshakes with a cold cache come on top.
 const maxRechecksPerSecond = 100
 
-// recheckTick is how often the goroutine looks for connections due.
-const recheckTick = time.Second
+// recheckTick is how often the goroutine looks for connections due; a
+// credential is scheduled a tick early, so that it is asked about within
+// its interval.
+const recheckTick = 250 * time.Millisecond
 
 // A heldCredential is what a live connection keeps of its opaque
 // credential, to ask about it again.
@@ -43,9 +45,10 @@ func (h *Handler) hold(cred string, from *tokenSource) *heldCredential {
 	return hc
 }
 
-// schedule sets when the credential is asked about next, t being now.
+// schedule sets when the credential is asked about next, t being now: at
+// a random point of the last quarter of its interval, a tick early.
 func (hc *heldCredential) schedule(t int64) {
-	hc.next = t + int64(hc.every)*3/4 + rand.Int64N(int64(hc.every)/4+1)
+	hc.next = t + int64(hc.every)*3/4 + rand.Int64N(int64(hc.every)/4+1) - int64(recheckTick)
 }
 
 // addRecheck lists c for the rechecks, and starts their goroutine if it
@@ -81,8 +84,7 @@ type recheckGroup struct {
 	conns []*liveConn
 }
 
-// dueRechecks collects the connections due before the next tick, by
-// credential; nil when there are none left to watch (and the goroutine
+// dueRechecks collects the connections due, by credential; nil when there are none left to watch (and the goroutine
 // must end).
 func (reg *registry) dueRechecks() []*recheckGroup {
 	reg.mu.Lock()
@@ -101,7 +103,7 @@ func (reg *registry) dueRechecks() []*recheckGroup {
 	}
 	byKey := make(map[groupKey]*recheckGroup)
 	groups := []*recheckGroup{}
-	horizon := time.Now().Add(recheckTick).UnixNano()
+	t := time.Now().UnixNano()
 	// The credentials due, then every connection that holds one of them,
 	// due or not: one call answers for all, and they are scheduled
 	// together from then on.
@@ -110,7 +112,7 @@ func (reg *registry) dueRechecks() []*recheckGroup {
 			c.mu.Lock()
 			cred := c.cred
 			c.mu.Unlock()
-			if c.closing() || due && cred.next > horizon {
+			if c.closing() || due && cred.next > t {
 				continue
 			}
 			gk := groupKey{c.h.opaque, cred.key}
@@ -120,7 +122,7 @@ func (reg *registry) dueRechecks() []*recheckGroup {
 				g = &recheckGroup{h: c.h, cred: cred}
 				byKey[gk] = g
 				groups = append(groups, g)
-			case g == nil || !due && cred.next <= horizon:
+			case g == nil || !due && cred.next <= t:
 				continue // none of its credential due, or taken in the first pass
 			}
 			g.conns, g.creds = append(g.conns, c), append(g.creds, cred)
@@ -166,8 +168,8 @@ func (reg *registry) recheck(groups []*recheckGroup, down map[*checker]bool) {
 			cred.schedule(t)
 		}
 		reg.mu.Unlock()
-		for _, c := range g.conns {
-			c.applyAnswer(a)
+		for i, c := range g.conns {
+			c.applyAnswer(a, g.creds[i])
 		}
 	}
 }
@@ -176,7 +178,10 @@ func (reg *registry) recheck(groups []*recheckGroup, down map[*checker]bool) {
 // credential: no longer active, or active for someone else, closes it as
 // revoked; expired, as expired; an active answer with an exp moves the
 // connection's expiry to it.
-func (c *liveConn) applyAnswer(a *answer) {
+func (c *liveConn) applyAnswer(a *answer, asked *heldCredential) {
+	if !c.holds(asked) {
+		return // refreshed meanwhile: the answer is the old credential's
+	}
 	var id identity
 	ref := a.apply(&id, time.Duration(c.h.Leeway))
 	if ref == nil {
@@ -198,13 +203,25 @@ func (c *liveConn) applyAnswer(a *answer) {
 	}
 	exp := id.expires()
 	c.mu.Lock()
+	if c.cred != asked {
+		c.mu.Unlock()
+		return
+	}
 	changed := !exp.Equal(c.expires)
 	if changed {
-		c.expires = exp
+		// The placeholders keep showing the handshake's expiry.
+		c.expires, c.refreshed = exp, true
 	}
 	deadline := c.deadline()
 	c.mu.Unlock()
 	if changed {
 		liveConns.reschedule(c, deadline)
 	}
+}
+
+// holds reports whether cred is still the connection's credential.
+func (c *liveConn) holds(cred *heldCredential) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cred == cred
 }

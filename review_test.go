@@ -518,7 +518,9 @@ func TestPendingCounter(t *testing.T) {
 func TestPanicStillAnswers(t *testing.T) {
 	// Restored after Caddy stopped: cleanups run last-registered first.
 	// Swapping the package's clock is safe because no test runs in
-	// parallel and nothing in the background reads it.
+	// parallel and nothing in the background reads it, once the rechecks
+	// of an earlier test's opaque connections are over.
+	waitRechecksIdle(t)
 	t.Cleanup(func() { now = time.Now })
 	now = func() time.Time { panic("the clock broke") }
 	up := newUpstream(t)

@@ -767,6 +767,7 @@ func (r *clockedReader) Read(p []byte) (int, error) {
 // boundary is exact.
 func TestWatcherRefreshRates(t *testing.T) {
 	var clock time.Time
+	waitRechecksIdle(t) // their goroutine reads the clock
 	t.Cleanup(func() { now = time.Now })
 	// Swapping the package's clock is safe: no test runs in parallel, and
 	// no Caddy runs in this test.

@@ -320,6 +320,7 @@ func (c *liveConn) placeholder(key, payload, scopes string) (any, bool) {
 	pv := placeholderView{user: c.user, jti: c.jti, expires: c.expires,
 		scopes: scopeList{str: scopes}, source: c.source}
 	if c.refreshed && (key == "ws_auth.jti" || key == "ws_auth.expires") {
+		pv.jti, pv.expires = "", time.Time{} // unless the handshake's claims have them
 		if m := claims(); m != nil {
 			// As verify reads them: a jti that is no string is none, and
 			// exp is a number (a valid token has one).
