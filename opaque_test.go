@@ -765,27 +765,43 @@ func TestSessionCheckTimeout(t *testing.T) {
 	}
 }
 
-// TestSessionRefreshAndScopes: a refresh message on a cookie session is
-// sent to the app as that cookie (so the app's own session refreshes it),
-// and with scope_claim scp the X-Scopes header still grants the scopes.
-func TestSessionRefreshAndScopes(t *testing.T) {
+// TestSessionRefresh: a refresh message on a cookie session goes to the
+// app as that cookie (so the app's own session refreshes it), also when
+// it came with the second of two cookie sources and revalidate is off
+// (it went as a bearer token, then as the first source's cookie, and the
+// app refused both); and with scope_claim scp the X-Scopes header still
+// grants the scopes.
+func TestSessionRefresh(t *testing.T) {
 	app := newSessionServer(t)
 	exp := time.Now().Add(time.Hour).Unix()
 	app.set("s-alice", map[string]any{"sub": "alice", "scope": "chat:write", "exp": exp})
-	up := newLiveUpstream(t)
-	addr := startCaddyFor(t, sessionSite(app.URL+"/api/session", "", "refresh_message\n\t\tscope_claim scp\n\t\tscopes chat:write"), up.addr())
-	conn, _, err := dial(addr, "/ws", cookieDial(addr, "s-alice"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if err := conn.WriteMessage(websocket.TextMessage, []byte(`{"type":"refresh_token","token":"s-alice"}`)); err != nil {
-		t.Fatal(err)
-	}
-	_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
-	_, msg, err := conn.ReadMessage()
-	if want := fmt.Sprintf(`{"type":"refresh_token_ok","exp":%d}`, exp); err != nil || string(msg) != want {
-		t.Fatalf("refresh on a cookie session: %q %v, want %s", msg, err, want)
+	for _, tc := range []struct{ name, opts string }{
+		{"one source, scp", "refresh_message\n\t\tscope_claim scp\n\t\tscopes chat:write"},
+		{"second source", "refresh_message"},
+	} {
+		site := func(addr string) string {
+			s := sessionSite(app.URL+"/api/session", "", tc.opts)(addr)
+			if tc.name == "second source" {
+				s = strings.Replace(s, "token_source cookie "+sessionCookie, "token_source cookie legacy_sid\n\t\ttoken_source cookie "+sessionCookie, 1)
+			}
+			return s
+		}
+		t.Run(tc.name, func(t *testing.T) {
+			addr := startCaddyFor(t, site, newLiveUpstream(t).addr())
+			conn, _, err := dial(addr, "/ws", cookieDial(addr, "s-alice"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if err := conn.WriteMessage(websocket.TextMessage, []byte(`{"type":"refresh_token","token":"s-alice"}`)); err != nil {
+				t.Fatal(err)
+			}
+			_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+			_, msg, err := conn.ReadMessage()
+			if want := fmt.Sprintf(`{"type":"refresh_token_ok","exp":%d}`, exp); err != nil || string(msg) != want {
+				t.Fatalf("refresh on a cookie session: %q %v, want %s", msg, err, want)
+			}
+		})
 	}
 }
 
@@ -899,34 +915,6 @@ func TestOpaqueRecheckInterval(t *testing.T) {
 	// time): 2 to 4 in 6 s.
 	if got := app.callsFor("s-alice") - base; got < 2 || got > 4 {
 		t.Errorf("%d rechecks in 6 s with revalidate 2s, want 2 to 4", got)
-	}
-}
-
-// TestSessionRefreshSecondSource: with two cookie sources and no
-// revalidate, a refresh on a connection that came with the second cookie
-// goes to the app as that cookie (it went as the first, and the app
-// refused it).
-func TestSessionRefreshSecondSource(t *testing.T) {
-	app := newSessionServer(t)
-	exp := time.Now().Add(time.Hour).Unix()
-	app.set("s-alice", map[string]any{"sub": "alice", "exp": exp})
-	site := func(addr string) string {
-		s := sessionSite(app.URL+"/api/session", "", "refresh_message")(addr)
-		return strings.Replace(s, "token_source cookie "+sessionCookie, "token_source cookie legacy_sid\n\t\ttoken_source cookie "+sessionCookie, 1)
-	}
-	addr := startCaddyFor(t, site, newLiveUpstream(t).addr())
-	conn, _, err := dial(addr, "/ws", cookieDial(addr, "s-alice"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if err := conn.WriteMessage(websocket.TextMessage, []byte(`{"type":"refresh_token","token":"s-alice"}`)); err != nil {
-		t.Fatal(err)
-	}
-	_ = conn.SetReadDeadline(time.Now().Add(3 * time.Second))
-	_, msg, err := conn.ReadMessage()
-	if want := fmt.Sprintf(`{"type":"refresh_token_ok","exp":%d}`, exp); err != nil || string(msg) != want {
-		t.Fatalf("refresh on the second cookie source: %q %v, want %s", msg, err, want)
 	}
 }
 
