@@ -1,5 +1,6 @@
 // Package wsauth is the ws_auth handler for Caddy: it authenticates
-// WebSocket handshakes with a JWT (or a first message) before the next
+// WebSocket handshakes with a JWT (from the request or a first message),
+// or an opaque credential judged by an endpoint, before the next
 // handler, usually reverse_proxy, dials the upstream; refuses clients with
 // close codes a browser can read; and hands the claims on as placeholders.
 //

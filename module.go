@@ -19,8 +19,9 @@ func init() {
 	caddy.RegisterModule(Handler{})
 }
 
-// Handler authenticates WebSocket handshakes with a JWT before they reach the
-// next handler (usually reverse_proxy).
+// Handler authenticates WebSocket handshakes with a JWT, or with an opaque
+// credential that an introspection endpoint or the app's session endpoint
+// judges, before they reach the next handler (usually reverse_proxy).
 //
 // A client that is refused gets, on a WebSocket (an HTTP/1.1 upgrade, or an
 // extended CONNECT over HTTP/2 or HTTP/3) and with the default `reject close`,
@@ -38,10 +39,10 @@ func init() {
 // Placeholder | Description
 // ------------|-------------
 // `{http.auth.user.id}` | the user claim (user_claim, default sub)
-// `{ws_auth.claims.*}` | any claim; nested objects by dots, arrays joined with commas
+// `{ws_auth.claims.*}` | any claim (of an opaque credential: a member of the endpoint's answer); nested objects by dots, arrays joined with commas
 // `{ws_auth.scopes}` | granted scopes, space-separated
 // `{ws_auth.jti}` | the token's ID
-// `{ws_auth.expires}` | the token's expiry, RFC 3339
+// `{ws_auth.expires}` | the token's expiry, RFC 3339; empty for an opaque credential whose answer had none
 // `{ws_auth.token_source}` | query, header, cookie, subprotocol or first_message
 type Handler struct {
 	// Where the token is read, tried in order; the first source that yields

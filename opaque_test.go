@@ -158,13 +158,7 @@ func sessionSite(url, checkOpts, opts string) func(string) string {
 		}
 		` + opts + `
 	}
-	reverse_proxy %UPSTREAM% {
-		header_up X-User {http.auth.user.id}
-		header_up X-Scopes {ws_auth.scopes}
-		header_up X-Expires {ws_auth.expires}
-		header_up X-Source {ws_auth.token_source}
-		header_up X-Team {ws_auth.claims.team}
-	}`
+` + opaqueProxy
 	}
 }
 
@@ -179,14 +173,21 @@ func introspectSite(url, checkOpts, opts string) string {
 		}
 		` + opts + `
 	}
+` + opaqueProxy
+}
+
+// opaqueProxy is the reverse_proxy of the opaque sites: the placeholders
+// as headers to the upstream.
+const opaqueProxy = `
 	reverse_proxy %UPSTREAM% {
 		header_up X-User {http.auth.user.id}
 		header_up X-Scopes {ws_auth.scopes}
 		header_up X-Jti {ws_auth.jti}
 		header_up X-Expires {ws_auth.expires}
+		header_up X-Source {ws_auth.token_source}
+		header_up X-Team {ws_auth.claims.team}
 		header_up X-Client {ws_auth.claims.client_id}
 	}`
-}
 
 func cookieDial(addr, session string) dialOpts {
 	return dialOpts{origin: "http://" + addr, header: http.Header{"Cookie": {sessionCookie + "=" + session}}}
