@@ -1,0 +1,149 @@
+package wsauth
+
+import (
+	"errors"
+	"io"
+	"net"
+	"sync"
+)
+
+// The copy loops of a watched HTTP/1.1 connection. reverse_proxy relays an
+// upgraded connection with io.CopyBuffer in each direction, and io.CopyBuffer
+// hands the loop to the connection when it is an io.WriterTo (the client's
+// bytes) or an io.ReaderFrom (the upstream's). The watched connection is both,
+// so that an idle WebSocket holds no relay buffer: reverse_proxy's own loops
+// would keep a 32 KiB buffer per direction for as long as the connection
+// lives, most of what an idle connection costs Caddy. Here a direction takes
+// a 32 KiB buffer from a pool while bytes flow and gives it back when they
+// stop: the client's direction waits for the client's next bytes without a
+// buffer (where the connection can tell, see waitReadable), the upstream's
+// reads into a small one of its own until a read fills it.
+
+const (
+	// relayBufferSize is the buffer of a direction while bytes flow, the
+	// size reverse_proxy's loops use.
+	relayBufferSize = 32 << 10
+	// idleReadSize is the buffer the upstream's direction waits with: a
+	// message up to it goes in one read and one write, as before.
+	idleReadSize = 4 << 10
+)
+
+var relayBuffers = sync.Pool{
+	New: func() any {
+		b := make([]byte, relayBufferSize)
+		return &b
+	},
+}
+
+// WriteTo relays the client's bytes to the upstream, through the watch: it is
+// reverse_proxy's copy toward the upstream.
+func (wc *watchedConn) WriteTo(w io.Writer) (int64, error) {
+	c := (*liveConn)(wc)
+	wait := newReadWaiter(c.conn) // nil: a read waits with its buffer
+	var buf *[]byte
+	defer func() {
+		if buf != nil {
+			relayBuffers.Put(buf)
+		}
+	}()
+	var written int64
+	for {
+		if buf == nil {
+			if wait != nil && c.src == c.conn && c.readsClient() {
+				// Its error, if any, is the read's too, which reports it.
+				_ = wait.wait()
+			}
+			buf = relayBuffers.Get().(*[]byte)
+		}
+		n, err := c.read(*buf)
+		if n > 0 {
+			m, werr := w.Write((*buf)[:n])
+			written += int64(m)
+			if werr == nil && m != n {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				return written, werr
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return written, nil
+			}
+			return written, err
+		}
+		if wait != nil && n < len(*buf) {
+			// The client paused (or its bytes were filtered out): the
+			// buffer goes back until it sends again.
+			relayBuffers.Put(buf)
+			buf = nil
+		}
+	}
+}
+
+// readsClient reports whether the next read starts by reading the client,
+// rather than with what the watch has for the upstream already (the
+// module's Close, a held frame header or refresh candidate, an error) or
+// with the end of a close: only then may it wait for the client first.
+func (c *liveConn) readsClient() bool {
+	in := &c.in
+	return !c.closing() && in.outOff == in.outEnd && in.err == nil && !in.finished &&
+		in.hn == 0 && len(in.hold) == 0
+}
+
+// ReadFrom relays the upstream's bytes to the client, through the watch: it
+// is reverse_proxy's copy toward the client. It reads into a small buffer of
+// its own while the upstream sends little, and into a pooled one from a read
+// that fills the small one until a read that does not fill that.
+func (wc *watchedConn) ReadFrom(r io.Reader) (int64, error) {
+	c := (*liveConn)(wc)
+	small := make([]byte, idleReadSize)
+	buf := small
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			relayBuffers.Put(big)
+		}
+	}()
+	var written int64
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			m, werr := c.write(buf[:n])
+			written += int64(m)
+			if werr == nil && m != n {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				return written, werr
+			}
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return written, nil
+			}
+			return written, err
+		}
+		switch {
+		case big == nil && n == len(buf):
+			big = relayBuffers.Get().(*[]byte)
+			buf = *big
+		case big != nil && n < len(buf):
+			relayBuffers.Put(big)
+			big, buf = nil, small
+		}
+	}
+}
+
+// readWaiter waits until a connection has bytes to read, or an error or
+// deadline to report, without a buffer and without reading: see
+// readable_*.go.
+type readWaiter interface {
+	wait() error
+}
+
+var _ interface {
+	io.WriterTo
+	io.ReaderFrom
+	net.Conn
+} = (*watchedConn)(nil)

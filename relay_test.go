@@ -1,0 +1,177 @@
+package wsauth
+
+import (
+	"crypto/tls"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// TestRelaySizes: messages of every size around the relay's buffers (the
+// upstream's idle read of 4 KiB, the pooled 32 KiB) go through whole and in
+// order in both directions, in bursts with idle spells between them, during
+// which a direction gives its buffer back; a refresh message sent after an
+// idle spell is taken (the upstream never sees it). Over plain TCP,
+// where the client's direction waits for bytes without a buffer, and over
+// TLS, where it waits with one.
+func TestRelaySizes(t *testing.T) {
+	sizes := []int{1, 125, 126, idleReadSize - 1, idleReadSize, idleReadSize + 1,
+		relayBufferSize - 1, relayBufferSize, relayBufferSize + 1, 100_000, 700_000}
+	const opts = "refresh_message\n\t\tmax_message_size 1MiB"
+	for _, secure := range []bool{false, true} {
+		name := map[bool]string{false: "tcp", true: "tls"}[secure]
+		t.Run(name, func(t *testing.T) {
+			up := newLiveUpstream(t)
+			tok, _ := shortToken(t, "alice", time.Hour)
+			var c *liveClient
+			if secure {
+				port := startHTTPSCaddy(t, "h1", opts, up.addr())
+				waitCertificate(t, port)
+				c = dialLive(t, fmt.Sprintf("wss://127.0.0.1:%d/ws?token=%s", port, tok), func(d *websocket.Dialer) {
+					d.TLSClientConfig = &tls.Config{InsecureSkipVerify: true}
+				})
+			} else {
+				c = dialLive(t, liveURL(startCaddy(t, site(opts), up.addr()), "/ws", tok))
+			}
+			rng := rand.New(rand.NewPCG(1, 2))
+			var sent []string
+			for round := range 3 {
+				// A burst: every size at once, then their echoes.
+				var burst []string
+				for _, n := range sizes {
+					msg := make([]byte, n)
+					for i := range msg {
+						msg[i] = byte(rng.Uint32())
+					}
+					if err := c.conn.WriteMessage(websocket.BinaryMessage, msg); err != nil {
+						t.Fatal(err)
+					}
+					burst = append(burst, string(msg))
+				}
+				for i, want := range burst {
+					ev := c.next(10 * time.Second)
+					if ev.err != nil || ev.typ != websocket.BinaryMessage || ev.data != want {
+						t.Fatalf("round %d: echo of the %d-byte message: %s (%d bytes)", round, sizes[i], ev, len(ev.data))
+					}
+				}
+				sent = append(sent, burst...)
+				time.Sleep(100 * time.Millisecond) // idle: the buffers go back
+				if round == 1 {                    // at most one refresh a second
+					fresh, exp := shortToken(t, "alice", 2*time.Hour)
+					c.refresh(fresh)
+					c.expectRefreshOK(exp.Unix())
+				}
+			}
+			if got := up.messages(); !slices.Equal(got, sent) {
+				t.Errorf("the upstream got %d messages, want the %d sent and no refresh message", len(got), len(sent))
+				for _, m := range got {
+					if strings.Contains(m, "refresh_token") {
+						t.Errorf("the upstream got a refresh message")
+					}
+				}
+			}
+			c.close()
+			waitLiveCount(t, 0)
+		})
+	}
+}
+
+// TestRelayEndsWithEither: the relay's loops end as reverse_proxy's do when
+// either side ends: a client whose TCP connection closes while idle ends
+// the upstream's connection, and an upstream whose TCP connection closes
+// ends the client's stream; nothing stays in the registry.
+func TestRelayEndsWithEither(t *testing.T) {
+	up := newLiveUpstream(t)
+	// An upstream that echoes, and drops its TCP connection at "drop".
+	dropper := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, err := (&websocket.Upgrader{}).Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		for {
+			typ, msg, err := conn.ReadMessage()
+			if err != nil || string(msg) == "drop" {
+				return
+			}
+			if err := conn.WriteMessage(typ, msg); err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(dropper.Close)
+	tok, _ := shortToken(t, "alice", time.Hour)
+
+	t.Run("client", func(t *testing.T) {
+		c := dialLive(t, liveURL(startCaddy(t, site(""), up.addr()), "/ws", tok))
+		c.echo("one")
+		time.Sleep(50 * time.Millisecond) // idle: the client's direction waits without a buffer
+		c.conn.UnderlyingConn().Close()
+		if code := up.ended(t); code != websocket.CloseAbnormalClosure {
+			t.Errorf("after the client's TCP connection closed, the upstream got %d, want 1006 (no Close frame)", code)
+		}
+		waitLiveCount(t, 0)
+	})
+	t.Run("upstream", func(t *testing.T) {
+		c := dialLive(t, liveURL(startCaddy(t, site(""), strings.TrimPrefix(dropper.URL, "http://")), "/ws", tok))
+		c.echo("two")
+		time.Sleep(50 * time.Millisecond) // idle: the upstream's direction waits with its small buffer
+		c.send("drop")
+		if ev := c.next(5 * time.Second); ev.err == nil {
+			t.Errorf("after the upstream dropped its connection, the client read %s, want its end", ev)
+		}
+		// reverse_proxy half-closes the client's connection and waits for
+		// the client to close it, as a browser does at the end of its stream.
+		c.conn.Close()
+		waitLiveCount(t, 0)
+	})
+}
+
+// waitCertificate waits until the Caddy on port has the certificate that
+// tls internal issues it once it runs.
+func waitCertificate(t *testing.T, port int) {
+	t.Helper()
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		var c *tls.Conn
+		c, err = tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port), &tls.Config{InsecureSkipVerify: true})
+		if err == nil {
+			c.Close()
+			return
+		}
+	}
+	t.Fatalf("no TLS handshake with Caddy: %v", err)
+}
+
+// tcpPair is two ends of a loopback TCP connection, closed at the end.
+func tcpPair(tb testing.TB) (net.Conn, net.Conn) {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	a, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	bc := <-accepted
+	if bc == nil {
+		tb.Fatal("accept failed")
+	}
+	tb.Cleanup(func() { a.Close(); bc.Close() })
+	return a, bc
+}
