@@ -3,12 +3,15 @@ package wsauth
 import (
 	"net"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // newReadWaiter returns a waiter for a plain TCP connection, the only kind
 // whose readiness is its socket's: a TLS connection, or a wrapper with a
 // buffer of its own, may hold bytes its socket no longer shows. Nil for
-// others.
+// others (and for Caddy's wrapper of a logged connection, which it cannot
+// see through).
 func newReadWaiter(conn net.Conn) readWaiter {
 	tc, ok := conn.(*net.TCPConn)
 	if !ok {
@@ -19,7 +22,7 @@ func newReadWaiter(conn net.Conn) readWaiter {
 		return nil
 	}
 	sw := &socketWaiter{rc: rc}
-	sw.ready = sw.check
+	sw.check, sw.probe = sw.poll, sw.pollInto
 	return sw
 }
 
@@ -28,26 +31,47 @@ func newReadWaiter(conn net.Conn) readWaiter {
 // interruptRead) and close.
 type socketWaiter struct {
 	rc     syscall.RawConn
-	ready  func(fd uintptr) bool // check, made once rather than at each wait
+	check  func(fd uintptr) bool // poll and pollInto, made once rather
+	probe  func(fd uintptr)      // than at each call
 	waited bool
-	peek   [1]byte
+	isNow  bool // what pollInto found
+	fds    [1]unix.PollFd
 }
+
+// ready reports whether a read would not block: bytes, the end of the
+// stream or an error are there. It neither reads nor clears anything (a
+// peek would take the socket's pending error, turning a reset into an end
+// of stream).
+func (sw *socketWaiter) ready() bool {
+	sw.isNow = false
+	if sw.rc.Control(sw.probe) != nil {
+		return true // closed: the read reports it
+	}
+	return sw.isNow
+}
+
+func (sw *socketWaiter) pollInto(fd uintptr) { sw.isNow = sw.pollNow(fd) }
 
 func (sw *socketWaiter) wait() error {
 	sw.waited = false
-	return sw.rc.Read(sw.ready)
+	return sw.rc.Read(sw.check)
 }
 
-// check is called by the poller before it waits, and again once the socket
-// became readable: the first time it looks without taking anything (a
-// peek that does not block), the second it takes the poller's word, so a
-// message costs a read and this peek, as a blocked Read costs a read that
-// finds nothing and the read that finds the message.
-func (sw *socketWaiter) check(fd uintptr) bool {
+// poll is called by the poller before it waits, and again once the socket
+// became readable: the first time it looks (a poll that does not block),
+// the second it takes the poller's word. A message thus costs this poll and
+// a read, as a blocked Read costs a read that finds nothing and the read
+// that finds the message.
+func (sw *socketWaiter) poll(fd uintptr) bool {
 	if sw.waited {
 		return true
 	}
 	sw.waited = true
-	_, _, err := syscall.Recvfrom(int(fd), sw.peek[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-	return err != syscall.EAGAIN
+	return sw.pollNow(fd)
+}
+
+func (sw *socketWaiter) pollNow(fd uintptr) bool {
+	sw.fds[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
+	n, err := unix.Poll(sw.fds[:], 0)
+	return err != nil || n > 0
 }

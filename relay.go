@@ -55,7 +55,7 @@ func (wc *watchedConn) WriteTo(w io.Writer) (int64, error) {
 			}
 			buf = relayBuffers.Get().(*[]byte)
 		}
-		n, err := c.read(*buf)
+		n, err := c.readSome(*buf, true)
 		if n > 0 {
 			m, werr := w.Write((*buf)[:n])
 			written += int64(m)
@@ -72,9 +72,9 @@ func (wc *watchedConn) WriteTo(w io.Writer) (int64, error) {
 			}
 			return written, err
 		}
-		if wait != nil && n < len(*buf) {
-			// The client paused (or its bytes were filtered out): the
-			// buffer goes back until it sends again.
+		// The buffer goes back until the client sends again, unless it
+		// filled (more is likely there) and more is there indeed.
+		if wait != nil && c.src == c.conn && c.readsClient() && (n < len(*buf) || !wait.ready()) {
 			relayBuffers.Put(buf)
 			buf = nil
 		}
@@ -83,12 +83,12 @@ func (wc *watchedConn) WriteTo(w io.Writer) (int64, error) {
 
 // readsClient reports whether the next read starts by reading the client,
 // rather than with what the watch has for the upstream already (the
-// module's Close, a held frame header or refresh candidate, an error) or
-// with the end of a close: only then may it wait for the client first.
+// module's Close, an error) or with the end of a close: only then may it
+// wait for the client first. (A frame header or a refresh candidate the
+// last read held back is incomplete: the client's bytes come next.)
 func (c *liveConn) readsClient() bool {
 	in := &c.in
-	return !c.closing() && in.outOff == in.outEnd && in.err == nil && !in.finished &&
-		in.hn == 0 && len(in.hold) == 0
+	return !c.closing() && in.outOff == in.outEnd && in.err == nil && !in.finished
 }
 
 // ReadFrom relays the upstream's bytes to the client, through the watch: it
@@ -137,9 +137,10 @@ func (wc *watchedConn) ReadFrom(r io.Reader) (int64, error) {
 
 // readWaiter waits until a connection has bytes to read, or an error or
 // deadline to report, without a buffer and without reading: see
-// readable_*.go.
+// readable_*.go. ready tells whether that is so now, without waiting.
 type readWaiter interface {
 	wait() error
+	ready() bool
 }
 
 var _ interface {

@@ -168,7 +168,13 @@ func knownOpcode(op byte) bool {
 // read is the client connection's Read as reverse_proxy's copy to the
 // upstream calls it: client bytes, filtered in place in p, and what the
 // module injects for the upstream.
-func (c *liveConn) read(p []byte) (int, error) {
+func (c *liveConn) read(p []byte) (int, error) { return c.readSome(p, false) }
+
+// readSome is read; with once, it returns after one read from the client
+// even if nothing of it is forwarded (a dropped message, a refresh taken),
+// so that the relay's loop can put its buffer back while the client is
+// quiet rather than wait in the next read with it.
+func (c *liveConn) readSome(p []byte, once bool) (int, error) {
 	in := &c.in
 	for {
 		if in.outOff < in.outEnd {
@@ -229,7 +235,7 @@ func (c *liveConn) read(p []byte) (int, error) {
 		// An error goes out after the bytes before it, and after the
 		// upstream's Close if the module is closing.
 		in.err = err
-		if w > 0 {
+		if w > 0 || once {
 			return w, nil
 		}
 	}
