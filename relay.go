@@ -83,12 +83,13 @@ func (wc *watchedConn) WriteTo(w io.Writer) (int64, error) {
 
 // readsClient reports whether the next read starts by reading the client,
 // rather than with what the watch has for the upstream already (the
-// module's Close, an error) or with the end of a close: only then may it
+// module's Close, a large frame read whole, an error) or with the end of
+// a close: only then may it
 // wait for the client first. (A frame header or a refresh candidate the
 // last read held back is incomplete: the client's bytes come next.)
 func (c *liveConn) readsClient() bool {
 	in := &c.in
-	return !c.closing() && in.outOff == in.outEnd && in.err == nil && !in.finished
+	return !c.closing() && in.outOff == in.outEnd && in.err == nil && !in.finished && !in.passing
 }
 
 // ReadFrom relays the upstream's bytes to the client, through the watch: it

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/gorilla/websocket"
 )
 
@@ -174,4 +175,33 @@ func tcpPair(tb testing.TB) (net.Conn, net.Conn) {
 	}
 	tb.Cleanup(func() { a.Close(); bc.Close() })
 	return a, bc
+}
+
+// TestRefreshLargerThanBuffer: with a max_token_size above the relay's
+// buffer, a refresh message larger than that buffer is still taken whole
+// (the upstream never sees the token), and a text message of that size that
+// is not a refresh still reaches the upstream intact.
+func TestRefreshLargerThanBuffer(t *testing.T) {
+	up := newLiveUpstream(t)
+	addr := startCaddy(t, site("refresh_message\n\t\tmax_token_size 96KiB"), up.addr())
+	tok, _ := shortToken(t, "alice", time.Hour)
+	// One frame a message, as browsers send them (a refresh message is
+	// one unfragmented frame).
+	c := dialLive(t, liveURL(addr, "/ws", tok), func(d *websocket.Dialer) { d.WriteBufferSize = 256 << 10 })
+	c.echo("before")
+
+	big := claims("alice", func(cl jwt.MapClaims) { cl["pad"] = strings.Repeat("p", 2*relayBufferSize) })
+	fresh := hs256(t, big)
+	if len(fresh) <= relayBufferSize {
+		t.Fatalf("the token is %d bytes, not larger than the relay's buffer", len(fresh))
+	}
+	c.refresh(fresh)
+	c.expectRefreshOK(big["exp"].(int64))
+	other := `{"type":"chat","text":"` + strings.Repeat("q", relayBufferSize+100) + `"}`
+	c.echo(other)
+	c.echo("after")
+	want := []string{"before", other, "after"}
+	if got := up.messages(); !slices.Equal(got, want) {
+		t.Errorf("the upstream got %d messages (%.60q...), want the 3 that are not refresh messages", len(got), got)
+	}
 }

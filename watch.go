@@ -131,7 +131,7 @@ func appendTextFrame(dst, payload []byte) []byte {
 type inbound struct {
 	left    int64  // payload bytes of the current frame still to come
 	msgSize int64  // bytes of the current data message so far
-	hold    []byte // a refresh candidate cut by the end of the buffer
+	hold    []byte // a refresh candidate cut by the end of the buffer; or, passing, a frame to forward
 	err     error  // a read error held back while bytes went out
 
 	hdr [maxFrameHeader]byte // a frame header split across reads
@@ -147,6 +147,7 @@ type inbound struct {
 	dropMsg    bool // the current data message is not forwarded
 	broken     bool // the client's framing broke: nothing more is forwarded
 
+	passing        bool // hold is a whole frame larger than the buffer, going out
 	upstreamClosed bool // the upstream got the module's Close
 	clientClosed   bool // the client answered the module's Close
 	stopped        bool // the client's time to answer is over
@@ -180,6 +181,15 @@ func (c *liveConn) readSome(p []byte, once bool) (int, error) {
 		if in.outOff < in.outEnd {
 			n := copy(p, in.outBuf[in.outOff:in.outEnd])
 			in.outOff += uint8(n)
+			return n, nil
+		}
+		if in.passing {
+			// A text frame larger than the buffer that was read whole to
+			// see whether it is a refresh message, and is not.
+			n := copy(p, in.hold)
+			if in.hold = in.hold[n:]; len(in.hold) == 0 {
+				in.hold, in.passing = nil, false
+			}
 			return n, nil
 		}
 		if in.finished {
@@ -280,7 +290,24 @@ func (c *liveConn) filter(p []byte, n int) (int, error) {
 			in.hn = uint8(copy(in.hdr[:], p[r:n]))
 			break
 		}
-		if c.isRefreshCandidate(&fh) && hl+int(fh.length) <= len(p) {
+		if c.isRefreshCandidate(&fh) && hl+int(fh.length) > len(p) {
+			// Larger than the buffer the copy reads with (a max_token_size
+			// above it, or a small stream_buffer_size over HTTP/2): it is
+			// read whole into one of its own, at most a token and its
+			// envelope, and decided whole, as a refresh message or as a
+			// frame that goes on after the bytes before it.
+			frame := make([]byte, hl+int(fh.length))
+			k := copy(frame, p[r:n])
+			if _, err := io.ReadFull(c.src, frame[k:]); err != nil {
+				return w, err
+			}
+			r = n
+			if !c.takeRefresh(&fh, frame[hl:]) && c.onFrame(&fh) {
+				in.hold, in.passing = frame, true
+			}
+			break
+		}
+		if c.isRefreshCandidate(&fh) {
 			end := r + hl + int(fh.length)
 			if end > len(p) {
 				// No room for it after the frames before it: the next
