@@ -22,7 +22,7 @@ func newReadWaiter(conn net.Conn) readWaiter {
 		return nil
 	}
 	sw := &socketWaiter{rc: rc}
-	sw.check, sw.probe = sw.poll, sw.pollInto
+	sw.check = sw.poll
 	return sw
 }
 
@@ -31,26 +31,10 @@ func newReadWaiter(conn net.Conn) readWaiter {
 // interruptRead) and close.
 type socketWaiter struct {
 	rc     syscall.RawConn
-	check  func(fd uintptr) bool // poll and pollInto, made once rather
-	probe  func(fd uintptr)      // than at each call
+	check  func(fd uintptr) bool // poll, made once rather than at each wait
 	waited bool
-	isNow  bool // what pollInto found
 	fds    [1]unix.PollFd
 }
-
-// ready reports whether a read would not block: bytes, the end of the
-// stream or an error are there. It neither reads nor clears anything (a
-// peek would take the socket's pending error, turning a reset into an end
-// of stream).
-func (sw *socketWaiter) ready() bool {
-	sw.isNow = false
-	if sw.rc.Control(sw.probe) != nil {
-		return true // closed: the read reports it
-	}
-	return sw.isNow
-}
-
-func (sw *socketWaiter) pollInto(fd uintptr) { sw.isNow = sw.pollNow(fd) }
 
 func (sw *socketWaiter) wait() error {
 	sw.waited = false
@@ -70,6 +54,10 @@ func (sw *socketWaiter) poll(fd uintptr) bool {
 	return sw.pollNow(fd)
 }
 
+// pollNow reports whether a read would not block: bytes, the end of the
+// stream or an error are there. It neither reads nor clears anything (a
+// peek would take the socket's pending error, turning a reset into an end
+// of stream).
 func (sw *socketWaiter) pollNow(fd uintptr) bool {
 	sw.fds[0] = unix.PollFd{Fd: int32(fd), Events: unix.POLLIN}
 	n, err := unix.Poll(sw.fds[:], 0)

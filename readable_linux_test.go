@@ -13,9 +13,10 @@ import (
 
 // TestRelayIdleWaitsWithoutBuffer: once a client over plain TCP is quiet,
 // the relay's loop toward the upstream waits for it without a buffer
-// (in the socket waiter, not in a read), whatever its last bytes were: a
-// forwarded message, a dropped one (nothing forwarded), or a frame that
-// filled the buffer exactly.
+// (in the socket waiter, not in a read), whatever its last message was:
+// forwarded, or dropped (nothing forwarded), also after one that filled
+// the buffer exactly (the read after that one waits with the buffer: a
+// client that fills it is most likely streaming).
 func TestRelayIdleWaitsWithoutBuffer(t *testing.T) {
 	client, front := tcpPair(t)
 	back, upstream := tcpPair(t)
@@ -34,11 +35,17 @@ func TestRelayIdleWaitsWithoutBuffer(t *testing.T) {
 	}{
 		{"after a forwarded message", 100},
 		{"after a dropped message", 100},
-		{"after a dropped message that filled the buffer", full},
+		{"after a dropped message that filled the buffer, and another", full},
 	} {
 		frame := clientFrame(true, opBinary, make([]byte, step.payload), testMask, 0)
 		if _, err := client.Write(frame); err != nil {
 			t.Fatal(err)
+		}
+		if step.payload == full {
+			time.Sleep(50 * time.Millisecond) // read on its own, filling the buffer
+			if _, err := client.Write(clientFrame(true, opBinary, make([]byte, 10), testMask, 0)); err != nil {
+				t.Fatal(err)
+			}
 		}
 		if !waitForStack(t, "(*socketWaiter).wait") {
 			t.Errorf("%s, the quiet client is read with a buffer:\n%s", step.name, relayStack())

@@ -16,7 +16,7 @@ import (
 // lives, most of what an idle connection costs Caddy. Here a direction takes
 // a 32 KiB buffer from a pool while bytes flow and gives it back when they
 // stop: the client's direction waits for the client's next bytes without a
-// buffer (where the connection can tell, see waitReadable), the upstream's
+// buffer (where the connection can tell, see newReadWaiter), the upstream's
 // reads into a small one of its own until a read fills it.
 
 const (
@@ -72,9 +72,12 @@ func (wc *watchedConn) WriteTo(w io.Writer) (int64, error) {
 			}
 			return written, err
 		}
-		// The buffer goes back until the client sends again, unless it
-		// filled (more is likely there) and more is there indeed.
-		if wait != nil && c.src == c.conn && c.readsClient() && (n < len(*buf) || !wait.ready()) {
+		// The buffer goes back until the client sends again, unless the
+		// read filled it: a client streaming bytes keeps it without a
+		// check per read (each would cost a system call), and one whose
+		// bytes filled it exactly, then stopped, holds it until its next
+		// bytes, as reverse_proxy's own loop holds its buffer.
+		if wait != nil && n < len(*buf) && c.src == c.conn && c.readsClient() {
 			relayBuffers.Put(buf)
 			buf = nil
 		}
@@ -138,10 +141,9 @@ func (wc *watchedConn) ReadFrom(r io.Reader) (int64, error) {
 
 // readWaiter waits until a connection has bytes to read, or an error or
 // deadline to report, without a buffer and without reading: see
-// readable_*.go. ready tells whether that is so now, without waiting.
+// readable_*.go.
 type readWaiter interface {
 	wait() error
-	ready() bool
 }
 
 var _ interface {
