@@ -34,7 +34,10 @@
 //
 // After the upstream switched protocols, the connection is watched from
 // inside reverse_proxy's copy loops (watch.go): expiry, revocation, message
-// rate and size, in-band refresh; the process's registry of live
+// rate and size, in-band refresh. Over HTTP/1.1 the watched connection runs
+// the loops itself (relay.go), so that an idle one holds no relay buffer
+// (readable_linux.go waits for the client's bytes without one); the
+// process's registry of live
 // connections (live.go) expires them on one timer, closes them on a
 // blocklist change, and caps them per user (limits.go, with block_after's
 // bans). Operators reach that state through the admin API module
