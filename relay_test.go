@@ -14,6 +14,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/gorilla/websocket"
+	"golang.org/x/net/http2"
 )
 
 // TestRelaySizes: messages of every size around the relay's buffers (the
@@ -203,5 +204,50 @@ func TestRefreshLargerThanBuffer(t *testing.T) {
 	want := []string{"before", other, "after"}
 	if got := up.messages(); !slices.Equal(got, want) {
 		t.Errorf("the upstream got %d messages (%.60q...), want the 3 that are not refresh messages", len(got), got)
+	}
+}
+
+// TestRefreshLargerThanBufferHTTP2: over HTTP/2, reverse_proxy relays the
+// stream with its own buffer (stream_buffer_size); a refresh message larger
+// than that buffer, with the default max_token_size, is still taken whole,
+// never forwarded.
+func TestRefreshLargerThanBufferHTTP2(t *testing.T) {
+	if !withExtendedConnect(t) {
+		return
+	}
+	up := newLiveUpstream(t)
+	port := startHTTPSCaddy(t, "h1 h2", "refresh_message", up.addr()+" {\n\t\tstream_buffer_size 4KiB\n\t}")
+	tr := &http2.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}}}
+	defer tr.CloseIdleConnections()
+	waitAnswers(t, tr, port)
+
+	tok, _ := shortToken(t, "alice", time.Hour)
+	resp, pw := extendedConnect(t, tr, port, "/ws?token="+tok, false)
+	defer pw.Close()
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("valid token over HTTP/2: status %d", resp.StatusCode)
+	}
+	frames := readFrames(resp.Body)
+	big := claims("alice", func(cl jwt.MapClaims) { cl["pad"] = strings.Repeat("p", 6000) })
+	msg := `{"type":"refresh_token","token":"` + hs256(t, big) + `"}`
+	if len(msg) <= 4<<10 {
+		t.Fatalf("the refresh message is %d bytes, not larger than the stream's buffer", len(msg))
+	}
+	if _, err := pw.Write(maskedText(msg)); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf(`{"type":"refresh_token_ok","exp":%d}`, big["exp"].(int64))
+	if f := nextFrame(t, frames, 5*time.Second); f.op != opText || string(f.payload) != want {
+		t.Errorf("after a %d-byte refresh message: op %d %.80q, want %s", len(msg), f.op, f.payload, want)
+	}
+	if _, err := pw.Write(maskedText("after")); err != nil {
+		t.Fatal(err)
+	}
+	if f := nextFrame(t, frames, 5*time.Second); string(f.payload) != "after" {
+		t.Errorf("after the refresh: %.80q, want the echo", f.payload)
+	}
+	if got := up.messages(); !slices.Equal(got, []string{"after"}) {
+		t.Errorf("the upstream got %d messages, want only \"after\" (never the refresh message)", len(got))
 	}
 }
