@@ -1,6 +1,7 @@
 package wsauth
 
 import (
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -16,8 +17,9 @@ import (
 // lives, most of what an idle connection costs Caddy. Here a direction takes
 // a 32 KiB buffer from a pool while bytes flow and gives it back when they
 // stop: the client's direction waits for the client's next bytes without a
-// buffer (where the connection can tell, see newReadWaiter), the upstream's
-// reads into a small one of its own until a read fills it.
+// buffer (where the connection can tell, see newReadWaiter) or, over TLS,
+// with 16 KiB of its own; the upstream's reads into 4 KiB of its own until
+// a read fills them.
 
 const (
 	// relayBufferSize is the buffer of a direction while bytes flow, the
@@ -26,6 +28,8 @@ const (
 	// idleReadSize is the buffer the upstream's direction waits with: a
 	// message up to it goes in one read and one write, as before.
 	idleReadSize = 4 << 10
+	// maxTLSPlaintext is the most a TLS record carries (RFC 8446, 5.1).
+	maxTLSPlaintext = 16 << 10
 )
 
 var relayBuffers = sync.Pool{
@@ -39,8 +43,15 @@ var relayBuffers = sync.Pool{
 // reverse_proxy's copy toward the upstream.
 func (wc *watchedConn) WriteTo(w io.Writer) (int64, error) {
 	c := (*liveConn)(wc)
-	wait := newReadWaiter(c.conn) // nil: a read waits with its buffer
-	var buf *[]byte
+	wait := newReadWaiter(c.conn) // nil: a read waits with a buffer
+	var own []byte
+	if _, ok := c.conn.(*tls.Conn); ok {
+		// A read of a TLS connection returns one record at most, 16 KiB
+		// of plaintext: a buffer of that size reads as much a call as the
+		// pool's, and waits holding half of it.
+		own = make([]byte, maxTLSPlaintext)
+	}
+	var buf *[]byte // from the pool
 	defer func() {
 		if buf != nil {
 			relayBuffers.Put(buf)
@@ -48,16 +59,20 @@ func (wc *watchedConn) WriteTo(w io.Writer) (int64, error) {
 	}()
 	var written int64
 	for {
-		if buf == nil {
+		p := own
+		if buf != nil {
+			p = *buf
+		} else if own == nil || len(c.in.hold) > 0 { // a held refresh candidate may need more room
 			if wait != nil && c.src == c.conn && c.readsClient() {
 				// Its error, if any, is the read's too, which reports it.
 				_ = wait.wait()
 			}
 			buf = relayBuffers.Get().(*[]byte)
+			p = *buf
 		}
-		n, err := c.readSome(*buf, true)
+		n, err := c.readSome(p, true)
 		if n > 0 {
-			m, werr := w.Write((*buf)[:n])
+			m, werr := w.Write(p[:n])
 			written += int64(m)
 			if werr == nil && m != n {
 				werr = io.ErrShortWrite
@@ -72,12 +87,17 @@ func (wc *watchedConn) WriteTo(w io.Writer) (int64, error) {
 			}
 			return written, err
 		}
-		// The buffer goes back until the client sends again, unless the
-		// read filled it: a client streaming bytes keeps it without a
-		// check per read (each would cost a system call), and one whose
-		// bytes filled it exactly, then stopped, holds it until its next
-		// bytes, as reverse_proxy's own loop holds its buffer.
-		if wait != nil && n < len(*buf) && c.src == c.conn && c.readsClient() {
+		switch {
+		case buf == nil && n == len(p):
+			// Its own buffer filled: the pool's for the next read.
+			buf = relayBuffers.Get().(*[]byte)
+		case buf != nil && n < len(p) && c.readsClient() && (own != nil || wait != nil && c.src == c.conn):
+			// The pool's buffer goes back until the client sends again,
+			// unless the read filled it: a client streaming bytes keeps
+			// it without a check per read (each would cost a system
+			// call), and one whose bytes filled it exactly, then stopped,
+			// holds it until its next bytes, as reverse_proxy's own loop
+			// holds its buffer.
 			relayBuffers.Put(buf)
 			buf = nil
 		}

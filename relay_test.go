@@ -1,8 +1,10 @@
 package wsauth
 
 import (
+	"bytes"
 	"crypto/tls"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -18,14 +20,15 @@ import (
 )
 
 // TestRelaySizes: messages of every size around the relay's buffers (the
-// upstream's idle read of 4 KiB, the pooled 32 KiB) go through whole and in
+// upstream's idle read of 4 KiB, a TLS client's 16 KiB, the pooled 32 KiB) go through whole and in
 // order in both directions, in bursts with idle spells between them, during
 // which a direction gives its buffer back; a refresh message sent after an
 // idle spell is taken (the upstream never sees it). Over plain TCP,
 // where the client's direction waits for bytes without a buffer, and over
-// TLS, where it waits with one.
+// TLS, where it waits with 16 KiB of its own.
 func TestRelaySizes(t *testing.T) {
 	sizes := []int{1, 125, 126, idleReadSize - 1, idleReadSize, idleReadSize + 1,
+		maxTLSPlaintext - 1, maxTLSPlaintext, maxTLSPlaintext + 1,
 		relayBufferSize - 1, relayBufferSize, relayBufferSize + 1, 100_000, 700_000}
 	const opts = "refresh_message\n\t\tmax_message_size 1MiB"
 	for _, secure := range []bool{false, true} {
@@ -249,5 +252,34 @@ func TestRefreshLargerThanBufferHTTP2(t *testing.T) {
 	}
 	if got := up.messages(); !slices.Equal(got, []string{"after"}) {
 		t.Errorf("the upstream got %d messages, want only \"after\" (never the refresh message)", len(got))
+	}
+}
+
+// TestRelayTLSHeldCandidate: over TLS the client's direction reads with 16
+// KiB of its own; a text frame (a refresh candidate) cut by the end of that
+// read (one record held a 12 KiB message and the start of an 8 KiB one) is
+// completed by the next, and both reach the upstream intact and in order.
+func TestRelayTLSHeldCandidate(t *testing.T) {
+	srv := httptest.NewTLSServer(http.NotFoundHandler())
+	serverConfig := srv.TLS.Clone()
+	srv.Close()
+	rawClient, rawFront := tcpPair(t)
+	client := tls.Client(rawClient, &tls.Config{InsecureSkipVerify: true})
+	front := tls.Server(rawFront, serverConfig)
+	back, upstream := tcpPair(t)
+	c := &liveConn{h: allRules(t), conn: front, src: front, dst: front}
+	go func() { _, _ = (*watchedConn)(c).WriteTo(back) }()
+
+	bin := clientFrame(true, opBinary, bytes.Repeat([]byte{7}, 12<<10), testMask, 0)
+	text := clientFrame(true, opText, []byte(`{"type":"chat","text":"`+strings.Repeat("t", 8<<10)+`"}`), testMask, 0)
+	sent := append(append([]byte(nil), bin...), text...)
+	go func() { _, _ = client.Write(sent) }() // records of 16 KiB, then the rest
+	got := make([]byte, len(sent))
+	_ = upstream.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(upstream, got); err != nil {
+		t.Fatalf("the upstream got %v", err)
+	}
+	if !bytes.Equal(got, sent) {
+		t.Error("the upstream got other bytes than the two frames sent")
 	}
 }
