@@ -71,20 +71,7 @@ func (wc *watchedConn) WriteTo(w io.Writer) (int64, error) {
 			p = *buf
 		}
 		n, err := c.readSome(p, true)
-		if n > 0 {
-			m, werr := w.Write(p[:n])
-			written += int64(m)
-			if werr == nil && m != n {
-				werr = io.ErrShortWrite
-			}
-			if werr != nil {
-				return written, werr
-			}
-		}
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return written, nil
-			}
+		if done, err := relayed(&written, w, p[:n], err); done {
 			return written, err
 		}
 		switch {
@@ -104,6 +91,30 @@ func (wc *watchedConn) WriteTo(w io.Writer) (int64, error) {
 	}
 }
 
+// relayed is a step of a copy loop after its read, as io.Copy takes it:
+// what was read goes to w first, then the read's error ends the copy, the
+// end of the stream with a nil error. It reports whether the copy is over,
+// and with what.
+func relayed(written *int64, w io.Writer, p []byte, rerr error) (bool, error) {
+	if len(p) > 0 {
+		m, err := w.Write(p)
+		*written += int64(m)
+		if err == nil && m != len(p) {
+			err = io.ErrShortWrite
+		}
+		if err != nil {
+			return true, err
+		}
+	}
+	if rerr != nil {
+		if errors.Is(rerr, io.EOF) {
+			return true, nil
+		}
+		return true, rerr
+	}
+	return false, nil
+}
+
 // readsClient reports whether the next read starts by reading the client,
 // rather than with what the watch has for the upstream already (the
 // module's Close, a large frame read whole, an error) or with the end of
@@ -120,7 +131,6 @@ func (c *liveConn) readsClient() bool {
 // its own while the upstream sends little, and into a pooled one from a read
 // that fills the small one until a read that does not fill that.
 func (wc *watchedConn) ReadFrom(r io.Reader) (int64, error) {
-	c := (*liveConn)(wc)
 	small := make([]byte, idleReadSize)
 	buf := small
 	var big *[]byte
@@ -132,20 +142,7 @@ func (wc *watchedConn) ReadFrom(r io.Reader) (int64, error) {
 	var written int64
 	for {
 		n, err := r.Read(buf)
-		if n > 0 {
-			m, werr := c.write(buf[:n])
-			written += int64(m)
-			if werr == nil && m != n {
-				werr = io.ErrShortWrite
-			}
-			if werr != nil {
-				return written, werr
-			}
-		}
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return written, nil
-			}
+		if done, err := relayed(&written, wc, buf[:n], err); done {
 			return written, err
 		}
 		switch {
